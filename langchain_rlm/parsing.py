@@ -1,0 +1,171 @@
+"""Reading the root model's replies: code blocks and ``FINAL`` / ``FINAL_VAR`` in prose.
+
+Real models (see the design notes) do three things this module must survive:
+
+* they keep writing after their code, inventing a ``REPL output:`` section and then a
+  ``FINAL(...)`` based on output that no execution produced. Everything from the first
+  invented-output marker on is dropped before anything else is parsed;
+* they write ``FINAL(some_variable)`` meaning a REPL variable: the caller resolves a bare
+  identifier against the REPL after the code ran (:attr:`FinalDirective.is_identifier`);
+* they quote their answer, ``FINAL("Blue")``: a single string literal is unquoted.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = [
+    "FinalDirective",
+    "ParsedReply",
+    "parse_reply",
+]
+
+_FENCE_RE = re.compile(
+    r"^[ \t]*```[ \t]*(?P<lang>[A-Za-z0-9_+-]*)[^\n]*\n(?P<body>.*?)(?:^[ \t]*```[ \t]*$|\Z)",
+    re.DOTALL | re.MULTILINE,
+)
+"""A fenced block; an unclosed last block (cut by a stop sequence) runs to the end."""
+
+CODE_LANGUAGES = frozenset({"repl", "python", "py", "python3", ""})
+"""Fence languages whose body is run as code. Other fences (``text``, ``output``) are prose."""
+
+_INVENTED_OUTPUT_RE = re.compile(
+    r"^[ \t>*_#]*(?:REPL[ _]output|Output|Execution (?:output|result)|Result|Observation|stdout)"
+    r"[ \t*_]*:?[ \t*_]*(?:\n|$)"
+    r"|^[ \t]*```[ \t]*(?:output|text|stdout|console)[ \t]*$",
+    re.IGNORECASE | re.MULTILINE,
+)
+"""A line where a model starts inventing the output of code it has not seen run yet."""
+
+_FINAL_RE = re.compile(r"^[ \t>*_#`-]*(?P<kind>FINAL_VAR|FINAL)[ \t]*\(", re.MULTILINE)
+"""``FINAL(`` or ``FINAL_VAR(`` at the start of a line (markdown decoration allowed)."""
+
+_IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class FinalDirective:
+    """A ``FINAL(...)`` or ``FINAL_VAR(...)`` written in prose, outside code."""
+
+    kind: Literal["FINAL", "FINAL_VAR"]
+    """Which of the two forms the model wrote."""
+    value: str
+    """The text between the parentheses, with one level of string quotes removed."""
+
+    @property
+    def is_identifier(self) -> bool:
+        """True when the value looks like a variable name (``FINAL(result)``)."""
+        return bool(_IDENTIFIER_RE.match(self.value))
+
+
+@dataclass(frozen=True)
+class ParsedReply:
+    """What one root-model reply asks for."""
+
+    code_blocks: list[str] = field(default_factory=list)
+    """Code to run, in order."""
+    final: FinalDirective | None = None
+    """A finishing directive in prose, honoured only after ``code_blocks`` ran cleanly."""
+    invented_output: bool = False
+    """True when the reply contained made-up REPL output that was discarded."""
+
+
+def parse_reply(text: str) -> ParsedReply:
+    """Split a root-model reply into code blocks and a prose ``FINAL`` directive."""
+    kept, invented = _drop_invented_output(text)
+    code_blocks: list[str] = []
+    prose_parts: list[str] = []
+    position = 0
+    for match in _FENCE_RE.finditer(kept):
+        prose_parts.append(kept[position : match.start()])
+        position = match.end()
+        body = match.group("body")
+        if match.group("lang").lower() in CODE_LANGUAGES and body.strip():
+            code_blocks.append(_dedent_block(body))
+        else:
+            prose_parts.append(body)
+    prose_parts.append(kept[position:])
+    final = _find_final("".join(prose_parts))
+    return ParsedReply(code_blocks=code_blocks, final=final, invented_output=invented)
+
+
+def _drop_invented_output(text: str) -> tuple[str, bool]:
+    """Cut the reply at the first invented-output marker that follows some code."""
+    for match in _INVENTED_OUTPUT_RE.finditer(text):
+        before = text[: match.start()]
+        # A marker inside an open code fence is part of the code (e.g. print("Output:")).
+        if before.count("```") % 2 == 1:
+            continue
+        if "```" in before:
+            return before, True
+    return text, False
+
+
+def _find_final(prose: str) -> FinalDirective | None:
+    """The first ``FINAL(...)`` / ``FINAL_VAR(...)`` in prose, or None."""
+    match = _FINAL_RE.search(prose)
+    if match is None:
+        return None
+    kind: Literal["FINAL", "FINAL_VAR"] = "FINAL_VAR" if match.group("kind") == "FINAL_VAR" else "FINAL"
+    inner = _balanced_argument(prose, match.end())
+    return FinalDirective(kind=kind, value=_unquote(inner.strip()))
+
+
+def _balanced_argument(text: str, start: int) -> str:
+    """Text from ``start`` to the parenthesis that closes the one before it.
+
+    Quotes are respected so ``FINAL("a (b")`` works. When the parentheses never balance,
+    everything up to the last ``)`` (or the end) is taken: a truncated answer beats none.
+    """
+    depth = 1
+    quote: str | None = None
+    index = start
+    while index < len(text):
+        char = text[index]
+        if quote:
+            if char == "\\":
+                index += 2
+                continue
+            if text.startswith(quote, index):
+                index += len(quote)
+                quote = None
+                continue
+        elif text.startswith(('"""', "'''"), index):
+            quote = text[index : index + 3]
+            index += 3
+            continue
+        elif char in "\"'":
+            quote = char
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                return text[start:index]
+        index += 1
+    rest = text[start:]
+    last = rest.rfind(")")
+    return rest[:last] if last >= 0 else rest
+
+
+def _unquote(value: str) -> str:
+    """Remove one level of Python string quoting, when the value is exactly one literal."""
+    if len(value) >= 2 and value[0] in "\"'" and value[-1] == value[0]:
+        try:
+            literal = ast.literal_eval(value)
+        except (SyntaxError, ValueError):
+            return value
+        if isinstance(literal, str):
+            return literal
+    return value
+
+
+def _dedent_block(body: str) -> str:
+    """Strip a common indentation (models sometimes indent fenced code)."""
+    lines = body.splitlines()
+    indents = [len(line) - len(line.lstrip()) for line in lines if line.strip()]
+    common = min(indents, default=0)
+    return "\n".join(line[common:] for line in lines).strip("\n")

@@ -1,0 +1,362 @@
+"""The sub-call Runnable: what ``llm_query`` and ``recursive_lm`` do on the host.
+
+Model code in the sandbox calls thin bridges; they land in :class:`SubCallRunner`, which
+runs each sub-call as a named Runnable (``llm_query`` / ``recursive_lm``) under the
+``execute`` node's config, so traces nest. A sub-call is either
+
+* a leaf: one sub-model call, or
+* a child RLM: at depth ``d`` with ``d + 1 < max_depth``, ``recursive_lm`` runs a child
+  graph built by the same factory (``runtime.graph_factory``) over the context subset,
+  with the sub-model as its root. Its result rolls up into the parent's record.
+
+Before a call: the cancel flag, the tree-wide budget (reserved atomically), the
+sub-prompt size guard and the per-run memo. Batches run concurrently, at most
+``max_concurrency`` at a time, in order; a failed item becomes the string
+``"ERROR: <reason>"`` instead of failing the batch. While a resumed run replays its
+recorded cells, calls are answered from the records instead of the models.
+
+This module never imports ``graph.py``: the factory arrives through the runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from langchain_core.messages import HumanMessage
+from langchain_core.runnables import RunnableConfig, RunnableLambda, ensure_config, patch_config
+from langchain_core.runnables.config import ContextThreadPoolExecutor
+
+from langchain_rlm.context import ContextTypeError, normalize_context
+from langchain_rlm.models import ModelCallError, call_model, context_window_chars, model_id
+from langchain_rlm.sandbox.base import HostFunction, HostFunctionError
+from langchain_rlm.state import DEFAULT_SUB_PROMPT_CHARS, RLMRuntime, SubCallRecord
+from langchain_rlm.usage import BudgetExceeded
+
+__all__ = ["ERROR_PREFIX", "SubCallRunner", "prompt_hash"]
+
+ERROR_PREFIX = "ERROR: "
+"""How a failed item of a batch comes back to model code."""
+
+PREVIEW_CHARS = 200
+"""Characters of a sub-call prompt kept in its record."""
+
+WINDOW_SHARE = 0.9
+"""Share of the sub-model's window a prompt may fill (the rest is for the answer)."""
+
+
+def prompt_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class SubCallRunner:
+    """Host side of the REPL's model functions for one RLM (one depth)."""
+
+    def __init__(self, runtime: RLMRuntime) -> None:
+        self.runtime = runtime
+
+    # -- the functions model code sees ------------------------------------------------
+    def host_functions(self) -> dict[str, HostFunction]:
+        """The callables to expose in the REPL, user tools included."""
+        functions: dict[str, HostFunction] = {
+            "llm_query": self.llm_query,
+            "llm_query_batched": self.llm_query_batched,
+            "recursive_lm": self.recursive_lm,
+            "recursive_lm_batched": self.recursive_lm_batched,
+        }
+        for name, tool in self.runtime.tools.items():
+            functions[name] = _tool_bridge(tool)
+        return functions
+
+    def llm_query(self, prompt: Any) -> str:
+        """One sub-model call. Raises HostFunctionError with a readable reason."""
+        text = _require_str(prompt, "llm_query(prompt)")
+        result = self._run_batch("llm_query", [(text, None)], ensure_config())[0]
+        if result.startswith(ERROR_PREFIX):
+            raise HostFunctionError(result[len(ERROR_PREFIX) :])
+        return result
+
+    def llm_query_batched(self, prompts: Any) -> list[str]:
+        """Concurrent sub-model calls; failed items are ``"ERROR: ..."`` strings."""
+        items = _require_list(prompts, "llm_query_batched(prompts)")
+        texts = [_require_str(p, f"llm_query_batched(prompts)[{i}]") for i, p in enumerate(items)]
+        return self._run_batch("llm_query", [(text, None) for text in texts], ensure_config())
+
+    def recursive_lm(self, query: Any, context_subset: Any = None) -> str:
+        """A child RLM over ``context_subset`` (or a leaf call when depth is exhausted)."""
+        text = _require_str(query, "recursive_lm(query, context_subset)")
+        result = self._run_batch("recursive_lm", [(text, context_subset)], ensure_config())[0]
+        if result.startswith(ERROR_PREFIX):
+            raise HostFunctionError(result[len(ERROR_PREFIX) :])
+        return result
+
+    def recursive_lm_batched(self, queries: Any, context_subsets: Any = None) -> list[str]:
+        """Concurrent ``recursive_lm`` calls, one per (query, subset) pair."""
+        query_list = _require_list(queries, "recursive_lm_batched(queries, context_subsets)")
+        subsets = (
+            [None] * len(query_list)
+            if context_subsets is None
+            else _require_list(context_subsets, "recursive_lm_batched(..., context_subsets)")
+        )
+        if len(subsets) != len(query_list):
+            raise HostFunctionError(
+                f"recursive_lm_batched got {len(query_list)} queries but {len(subsets)} "
+                "context subsets: pass lists of the same length"
+            )
+        pairs = [
+            (_require_str(q, f"recursive_lm_batched(queries)[{i}]"), s)
+            for i, (q, s) in enumerate(zip(query_list, subsets, strict=True))
+        ]
+        return self._run_batch("recursive_lm", pairs, ensure_config())
+
+    # -- batches ------------------------------------------------------------------------
+    def _run_batch(
+        self, kind: str, items: Sequence[tuple[str, Any]], config: RunnableConfig
+    ) -> list[str]:
+        """Run items concurrently (bounded), keep their order, record them in order."""
+        runtime = self.runtime
+        records: list[SubCallRecord | None] = [None] * len(items)
+
+        def one(index: int) -> str:
+            record = self._one(kind, items[index][0], items[index][1], config)
+            records[index] = record
+            if record["error"] is not None:
+                return ERROR_PREFIX + record["error"]
+            return record["response"] or ""
+
+        if len(items) == 1:
+            results = [one(0)]
+        else:
+            workers = max(1, min(runtime.settings.max_concurrency, len(items)))
+            with ContextThreadPoolExecutor(max_workers=workers) as pool:
+                results = list(pool.map(one, range(len(items))))
+        with runtime.lock:
+            runtime.cell_records.extend(r for r in records if r is not None)
+        return results
+
+    def _one(self, kind: str, prompt: str, subset: Any, config: RunnableConfig) -> SubCallRecord:
+        """One sub-call, as a named Runnable; never raises for model-side problems."""
+        runtime = self.runtime
+        record = _new_record(kind, self._model_name(kind), runtime.depth, prompt)
+        replayed = self._from_replay(record)
+        if replayed is not None:
+            return replayed
+        started = time.monotonic()
+        runtime.emit({"type": "subcall_start", "id": record["id"], "kind": kind,
+                      "depth": runtime.depth, "prompt_preview": record["prompt_preview"]})
+        try:
+            self._check_can_call(prompt if kind == "llm_query" else _leaf_prompt(prompt, subset), kind, subset)
+            runnable = RunnableLambda(self._call_leaf if kind == "llm_query" else self._call_recursive, name=kind)
+            child_config = patch_config(
+                config,
+                run_name=kind,
+                callbacks=config.get("callbacks"),
+            )
+            child_config["metadata"] = {
+                **child_config.get("metadata", {}),
+                "depth": runtime.depth,
+                "iteration": runtime.iteration,
+                "subcall_id": record["id"],
+            }
+            runnable.invoke({"prompt": prompt, "subset": subset, "record": record}, child_config)
+        except HostFunctionError as error:
+            record["error"] = str(error)
+        except BudgetExceeded as error:
+            record["error"] = f"{error}. No more sub-calls: finish now with FINAL(best answer)."
+        except ModelCallError as error:
+            record["error"] = str(error)
+        record["seconds"] = round(time.monotonic() - started, 6)
+        runtime.emit({"type": "subcall_end", "id": record["id"], "kind": kind,
+                      "depth": runtime.depth, "error": record["error"],
+                      "response_preview": (record["response"] or "")[:PREVIEW_CHARS],
+                      "seconds": record["seconds"]})
+        return record
+
+    # -- leaf and child -----------------------------------------------------------------
+    def _call_leaf(self, payload: dict[str, Any], config: RunnableConfig) -> str:
+        runtime = self.runtime
+        record: SubCallRecord = payload["record"]
+        prompt: str = payload["prompt"]
+        key = (record["model"], prompt)
+        if runtime.settings.memoize and key in runtime.memo:
+            record["response"] = runtime.memo[key]
+            record["cached"] = True
+            return record["response"]
+        message = call_model(
+            runtime.sub_model,
+            [HumanMessage(prompt)],
+            config,
+            meter=runtime.meter,
+            depth=runtime.depth + 1,
+            root=False,
+            max_retries=runtime.settings.max_retries,
+            backoff=runtime.settings.retry_backoff,
+        )
+        text = message.text if isinstance(message.text, str) else str(message.content)
+        _fill_usage(record, message)
+        record["response"] = text
+        if runtime.settings.memoize:
+            runtime.memo[key] = text
+        return text
+
+    def _call_recursive(self, payload: dict[str, Any], config: RunnableConfig) -> str:
+        runtime = self.runtime
+        record: SubCallRecord = payload["record"]
+        query: str = payload["prompt"]
+        subset = payload["subset"]
+        if runtime.depth + 1 >= runtime.settings.max_depth or runtime.graph_factory is None:
+            return self._call_leaf({**payload, "prompt": _leaf_prompt(query, subset)}, config)
+        child = self._child_runtime(subset)
+        graph = runtime.graph_factory()
+        child_config = patch_config(config, run_name="RLM")
+        child_config["metadata"] = {**child_config.get("metadata", {}), "depth": child.depth}
+        try:
+            state = graph.invoke({"query": query}, child_config, context=child)
+        finally:
+            child.close()
+        answer = state.get("answer") or ""
+        record["response"] = answer
+        record["child"] = {
+            "answer": answer,
+            "iterations": state.get("iteration", 0),
+            "finished_reason": state.get("finished_reason"),
+            "depth": child.depth,
+            "repl_history": state.get("repl_history", []),
+        }
+        return answer
+
+    def _child_runtime(self, subset: Any) -> RLMRuntime:
+        runtime = self.runtime
+        try:
+            context = normalize_context("" if subset is None else subset)
+        except ContextTypeError as error:
+            raise HostFunctionError(f"recursive_lm: {error}") from error
+        return RLMRuntime(
+            context=context,
+            root_model=runtime.sub_model,
+            sub_model=runtime.sub_model,
+            sandbox=runtime.sandbox,
+            settings=runtime.settings,
+            meter=runtime.meter,
+            depth=runtime.depth + 1,
+            tools=runtime.tools,
+            graph_factory=runtime.graph_factory,
+            memo=runtime.memo,
+            cancelled=runtime.cancelled,
+            writer=runtime.writer,
+        )
+
+    # -- checks -------------------------------------------------------------------------
+    def _check_can_call(self, prompt: str, kind: str, subset: Any) -> None:
+        runtime = self.runtime
+        if runtime.cancelled.is_set():
+            raise HostFunctionError("the run was cancelled")
+        runtime.meter.check()
+        child = kind == "recursive_lm" and runtime.depth + 1 < runtime.settings.max_depth
+        if child:
+            return
+        limit = self.max_prompt_chars()
+        if len(prompt) > limit:
+            raise HostFunctionError(
+                f"{kind} prompt has {len(prompt):,} characters, more than the sub-model "
+                f"accepts (about {limit:,}). Split it into smaller chunks and use "
+                "llm_query_batched."
+            )
+
+    def max_prompt_chars(self) -> int:
+        """Largest prompt the sub-model takes (configured, known window, or default)."""
+        configured = self.runtime.settings.sub_prompt_chars
+        if configured:
+            return configured
+        window = context_window_chars(self.runtime.sub_model)
+        return int(window * WINDOW_SHARE) if window else DEFAULT_SUB_PROMPT_CHARS
+
+    def _model_name(self, kind: str) -> str:
+        return model_id(self.runtime.sub_model)
+
+    def _from_replay(self, record: SubCallRecord) -> SubCallRecord | None:
+        """While replaying a resumed run: the recorded result of this call, if it matches."""
+        queue = self.runtime.replay_queue
+        if not queue:
+            return None
+        with self.runtime.lock:
+            if queue and queue[0]["prompt_hash"] == record["prompt_hash"]:
+                return queue.pop(0)
+        return None
+
+
+def _new_record(kind: str, model: str, depth: int, prompt: str) -> SubCallRecord:
+    return SubCallRecord(
+        id=str(uuid.uuid4()),
+        kind=kind,
+        model=model,
+        depth=depth,
+        prompt_chars=len(prompt),
+        prompt_hash=prompt_hash(prompt),
+        prompt_preview=prompt[:PREVIEW_CHARS],
+        response=None,
+        error=None,
+        seconds=0.0,
+        input_tokens=0,
+        output_tokens=0,
+        cached=False,
+        child=None,
+    )
+
+
+def _fill_usage(record: SubCallRecord, message: Any) -> None:
+    usage = getattr(message, "usage_metadata", None) or {}
+    record["input_tokens"] = int(usage.get("input_tokens", 0))
+    record["output_tokens"] = int(usage.get("output_tokens", 0))
+
+
+def _leaf_prompt(query: str, subset: Any) -> str:
+    if subset is None or subset == "":
+        return query
+    text = subset if isinstance(subset, str) else json.dumps(subset, ensure_ascii=False, default=str)
+    return f"{query}\n\nContext:\n{text}"
+
+
+def _require_str(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise HostFunctionError(f"{where} must be a str, not {type(value).__name__}")
+    return value
+
+
+def _require_list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list | tuple):
+        raise HostFunctionError(f"{where} must be a list, not {type(value).__name__}")
+    return list(value)
+
+
+def _tool_bridge(tool: Callable[..., Any]) -> HostFunction:
+    """A host function calling a user tool (a plain function or a LangChain BaseTool)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            if hasattr(tool, "invoke") and hasattr(tool, "args"):
+                if args and not kwargs:
+                    names = list(tool.args)
+                    kwargs = dict(zip(names, args, strict=False))
+                result = tool.invoke(kwargs, ensure_config())
+            else:
+                result = tool(*args, **kwargs)
+        except HostFunctionError:
+            raise
+        except Exception as error:
+            raise HostFunctionError(f"{type(error).__name__}: {error}") from error
+        return _jsonable(result)
+
+    return call
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return value

@@ -1,0 +1,406 @@
+"""The :class:`RLM` Runnable: what users call."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, ensure_config
+from langgraph.checkpoint.base import BaseCheckpointSaver
+
+from langchain_rlm.context import normalize_context
+from langchain_rlm.events import AnswerEvent, RLMEvent, to_event
+from langchain_rlm.graph import build_rlm_graph
+from langchain_rlm.models import resolve_model
+from langchain_rlm.prompts import DEFAULT_STOP_SEQUENCES
+from langchain_rlm.result import RLMResult
+from langchain_rlm.sandbox import get_sandbox
+from langchain_rlm.sandbox.base import (
+    DEFAULT_CELL_TIMEOUT,
+    DEFAULT_MEMORY_MB,
+    REPL_FUNCTION_NAMES,
+    Sandbox,
+    SandboxLimits,
+)
+from langchain_rlm.state import (
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_ITERATIONS,
+    DEFAULT_MAX_OUTPUT_CHARS,
+    DEFAULT_MAX_RETRIES,
+    RLMRuntime,
+    RLMSettings,
+)
+from langchain_rlm.usage import Budgets, ModelPrice, UsageMeter
+
+__all__ = ["RLM", "RLMInputError"]
+
+RESERVED_NAMES = frozenset(
+    {*REPL_FUNCTION_NAMES, "llm_query", "llm_query_batched", "recursive_lm", "recursive_lm_batched"}
+)
+
+
+class RLMInputError(ValueError):
+    """The RLM was given input it cannot use; the message names the fix."""
+
+
+class RLM(Runnable[dict[str, Any], RLMResult]):
+    """A Recursive Language Model: answers a query over a context of any size.
+
+    The context never enters a prompt. It is loaded as the variable ``context`` in a
+    sandboxed Python REPL; the root model sees a short description of it and writes code,
+    turn after turn, to peek, search, split, and call a sub-model on the pieces it
+    chooses (``llm_query``, ``llm_query_batched``, ``recursive_lm``), until it calls
+    ``FINAL(answer)``. The loop is a LangGraph graph (:func:`build_rlm_graph`).
+
+    Setup:
+        .. code-block:: bash
+
+            pip install langchain-rlm
+            export OPENAI_API_KEY="..."   # or run the embedded local model: see README
+
+    Instantiate:
+        .. code-block:: python
+
+            from langchain_rlm import RLM
+
+            rlm = RLM(
+                "openai:gpt-4o",              # root model: a chat model or "provider:model"
+                sub_model="openai:gpt-4o-mini",
+                max_iterations=20,
+                max_depth=1,                   # 2+: recursive_lm starts child RLMs
+                max_llm_calls=200,             # tree-wide budgets
+                max_cost=1.00,
+                timeout=600,
+            )
+
+    Invoke:
+        .. code-block:: python
+
+            result = rlm.invoke({"query": "How many ERROR lines?", "context": huge_log})
+            result.answer            # "1234"
+            result.total_calls       # every model call in the tree
+            result.repl_history      # each executed block with its sub-calls
+            result.usage             # tokens and cost per model
+
+            answer_only = rlm.answer_only()   # a Runnable returning the answer string
+            chain = loader | rlm | (lambda r: r.answer)
+
+    Stream:
+        .. code-block:: python
+
+            for event in rlm.stream({"query": q, "context": text}):
+                print(event.type, event)   # code, output, subcall_start/_end, answer
+            event.result                   # the last event carries the RLMResult
+
+    Async:
+        .. code-block:: python
+
+            result = await rlm.ainvoke({"query": q, "context": text})
+            results = await rlm.abatch([{"query": q, "context": t} for t in texts])
+            async for event in rlm.astream({"query": q, "context": text}):
+                ...
+    """
+
+    name: str | None = "RLM"
+
+    def __init__(
+        self,
+        model: BaseChatModel | str,
+        sub_model: BaseChatModel | str | None = None,
+        *,
+        max_iterations: int = DEFAULT_MAX_ITERATIONS,
+        max_depth: int = 1,
+        sandbox: str | Sandbox = "process",
+        tools: Sequence[Callable[..., Any]] | Mapping[str, Callable[..., Any]] | None = None,
+        max_llm_calls: int | None = None,
+        max_tokens: int | None = None,
+        max_cost: float | None = None,
+        timeout: float | None = None,
+        prices: Mapping[str, ModelPrice] | None = None,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
+        stop: Sequence[str] | None = DEFAULT_STOP_SEQUENCES,
+        sub_prompt_chars: int | None = None,
+        memoize: bool = True,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        retry_backoff: float = 0.5,
+        strict: bool = False,
+        cell_timeout: float = DEFAULT_CELL_TIMEOUT,
+        memory_mb: int | None = DEFAULT_MEMORY_MB,
+        checkpointer: BaseCheckpointSaver[Any] | None = None,
+    ) -> None:
+        _positive_int("max_iterations", max_iterations)
+        _positive_int("max_depth", max_depth)
+        _positive_int("max_concurrency", max_concurrency)
+        _positive_int("max_output_chars", max_output_chars)
+        _non_negative("max_retries", max_retries)
+        _positive_number("cell_timeout", cell_timeout)
+        _non_negative("retry_backoff", retry_backoff)
+        for name, value in (("sub_prompt_chars", sub_prompt_chars), ("memory_mb", memory_mb)):
+            if value is not None:
+                _positive_int(name, value)
+        try:
+            budgets = Budgets(
+                max_llm_calls=max_llm_calls, max_tokens=max_tokens, max_cost=max_cost, timeout=timeout
+            )
+        except ValueError as error:
+            raise RLMInputError(
+                f"invalid budget: {error}. Budgets must be positive numbers (or None for no limit)"
+            ) from error
+        self.model = resolve_model(model, role="model")
+        self.sub_model = resolve_model(sub_model, role="sub_model") if sub_model else self.model
+        self.sandbox = get_sandbox(sandbox)
+        self.tools = _tool_table(tools)
+        self.budgets = budgets
+        self.prices = dict(prices or {})
+        self.checkpointer = checkpointer
+        self.settings = RLMSettings(
+            max_iterations=max_iterations,
+            max_depth=max_depth,
+            max_output_chars=max_output_chars,
+            stop=tuple(stop) if stop else None,
+            sub_prompt_chars=sub_prompt_chars,
+            max_concurrency=max_concurrency,
+            max_retries=max_retries,
+            retry_backoff=retry_backoff,
+            memoize=memoize,
+            strict=strict,
+            sandbox_limits=SandboxLimits(cell_timeout=cell_timeout, memory_mb=memory_mb),
+        )
+        self.graph = build_rlm_graph(checkpointer=checkpointer, name=self.name or "RLM")
+        self._threads: dict[str, RLMRuntime] = {}
+        self._threads_lock = threading.Lock()
+
+    # -- Runnable ----------------------------------------------------------------------
+    def invoke(
+        self, input: Mapping[str, Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> RLMResult:
+        """Answer ``input["query"]`` over ``input["context"]``."""
+        config, runtime, query, thread_id = self._start(input, config)
+        try:
+            state = self.graph.invoke({"query": query}, config, context=runtime)
+        finally:
+            self._finish(runtime, thread_id)
+        return RLMResult.from_state(state, runtime.meter.snapshot(), thread_id=thread_id)
+
+    async def ainvoke(
+        self, input: Mapping[str, Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> RLMResult:
+        """Async :meth:`invoke`. Cancelling it stops sub-calls and the sandbox worker."""
+        config, runtime, query, thread_id = self._start(input, config)
+        try:
+            state = await self.graph.ainvoke({"query": query}, config, context=runtime)
+        except asyncio.CancelledError:
+            runtime.cancelled.set()
+            runtime.close()
+            raise
+        finally:
+            self._finish(runtime, thread_id)
+        return RLMResult.from_state(state, runtime.meter.snapshot(), thread_id=thread_id)
+
+    def stream(
+        self, input: Mapping[str, Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[RLMEvent]:  # type: ignore[override]
+        """Yield step events as they happen; the last is an AnswerEvent with the result."""
+        config, runtime, query, thread_id = self._start(input, config)
+        state: dict[str, Any] = {}
+        try:
+            for mode, chunk in self.graph.stream(
+                {"query": query}, config, context=runtime, stream_mode=["custom", "values"]
+            ):
+                if mode == "values":
+                    state = chunk
+                elif _forward(chunk):
+                    yield to_event(chunk)
+        finally:
+            self._finish(runtime, thread_id)
+        yield _answer_event(state, runtime, thread_id)
+
+    async def astream(
+        self, input: Mapping[str, Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[RLMEvent]:  # type: ignore[override]
+        """Async :meth:`stream`."""
+        config, runtime, query, thread_id = self._start(input, config)
+        state: dict[str, Any] = {}
+        try:
+            async for mode, chunk in self.graph.astream(
+                {"query": query}, config, context=runtime, stream_mode=["custom", "values"]
+            ):
+                if mode == "values":
+                    state = chunk
+                elif _forward(chunk):
+                    yield to_event(chunk)
+        except asyncio.CancelledError:
+            runtime.cancelled.set()
+            runtime.close()
+            raise
+        finally:
+            self._finish(runtime, thread_id)
+        yield _answer_event(state, runtime, thread_id)
+
+    def answer_only(self) -> Runnable[dict[str, Any], str]:
+        """This RLM followed by a step that keeps only the answer string."""
+        return self | RunnableLambda(_answer_of, name="answer")
+
+    # -- threads (multi-turn) ------------------------------------------------------------
+    def close_thread(self, thread_id: str) -> None:
+        """Stop the REPL session kept for a thread."""
+        with self._threads_lock:
+            runtime = self._threads.pop(thread_id, None)
+        if runtime is not None:
+            runtime.close()
+
+    def close(self) -> None:
+        """Stop every REPL session this RLM keeps for threads."""
+        for thread_id in list(self._threads):
+            self.close_thread(thread_id)
+
+    def __enter__(self) -> RLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals -----------------------------------------------------------------------
+    def _start(
+        self, input: Mapping[str, Any], config: RunnableConfig | None
+    ) -> tuple[RunnableConfig, RLMRuntime, str, str | None]:
+        """Validate input, pick or build the runtime, prepare the graph config."""
+        query, context, has_context = _parse_input(input)
+        config = ensure_config(config)
+        thread_id = _thread_id(config) if self.checkpointer is not None else None
+        if self.checkpointer is not None and thread_id is None:
+            thread_id = str(uuid.uuid4())
+        meter = UsageMeter(self.budgets, self.prices)
+        with self._threads_lock:
+            runtime = self._threads.get(thread_id) if thread_id else None
+        if runtime is None:
+            if not has_context:
+                raise RLMInputError(
+                    "input needs a 'context' (pass '' for none): "
+                    "rlm.invoke({'query': ..., 'context': ...})"
+                )
+            runtime = self._new_runtime(context, meter)
+        else:
+            runtime.meter = meter
+            runtime.cancelled.clear()
+            if has_context:
+                runtime.context = context
+                if runtime.session is not None:
+                    runtime.session.set_variable("context", context)
+        if thread_id is not None:
+            with self._threads_lock:
+                self._threads[thread_id] = runtime
+        configurable = {**config.get("configurable", {})}
+        if thread_id is not None:
+            configurable["thread_id"] = thread_id
+        graph_config: RunnableConfig = {
+            **config,
+            "run_name": config.get("run_name") or self.name or "RLM",
+            "metadata": {**config.get("metadata", {}), "depth": 0},
+            "configurable": configurable,
+        }
+        return graph_config, runtime, query, thread_id
+
+    def _new_runtime(self, context: Any, meter: UsageMeter) -> RLMRuntime:
+        return RLMRuntime(
+            context=context,
+            root_model=self.model,
+            sub_model=self.sub_model,
+            sandbox=self.sandbox,
+            settings=self.settings,
+            meter=meter,
+            tools=self.tools,
+        )
+
+    def _finish(self, runtime: RLMRuntime, thread_id: str | None) -> None:
+        runtime.writer = None
+        if thread_id is None:
+            runtime.close()
+
+
+def _parse_input(input: Any) -> tuple[str, Any, bool]:
+    """``(query, normalized context, whether a context was given)``; raises RLMInputError."""
+    if hasattr(input, "model_dump"):
+        input = input.model_dump()
+    if not isinstance(input, Mapping):
+        raise RLMInputError(
+            f"RLM input must be a dict like {{'query': ..., 'context': ...}}, "
+            f"not {type(input).__name__}"
+        )
+    if "query" not in input:
+        keys = ", ".join(repr(k) for k in input) or "none"
+        raise RLMInputError(f"RLM input needs a 'query' (a non-empty str); keys given: {keys}")
+    query = input["query"]
+    if not isinstance(query, str) or not query.strip():
+        raise RLMInputError("'query' must be a non-empty str: the question to answer")
+    if "context" not in input:
+        return query, None, False
+    return query, normalize_context(input["context"]), True
+
+
+def _thread_id(config: RunnableConfig) -> str | None:
+    value = config.get("configurable", {}).get("thread_id")
+    return str(value) if value is not None else None
+
+
+def _forward(chunk: Any) -> bool:
+    """Custom stream chunks to pass on: all but the top level's own answer event."""
+    return isinstance(chunk, dict) and not (chunk.get("type") == "answer" and chunk.get("depth") == 0)
+
+
+def _answer_event(state: Mapping[str, Any], runtime: RLMRuntime, thread_id: str | None) -> AnswerEvent:
+    result = RLMResult.from_state(state, runtime.meter.snapshot(), thread_id=thread_id)
+    return AnswerEvent(
+        answer=result.answer,
+        finished_reason=result.finished_reason,
+        iteration=result.iterations,
+        result=result,
+    )
+
+
+def _answer_of(value: Any) -> str:
+    return str(getattr(value, "answer", value))
+
+
+def _tool_table(
+    tools: Sequence[Callable[..., Any]] | Mapping[str, Callable[..., Any]] | None,
+) -> dict[str, Callable[..., Any]]:
+    if not tools:
+        return {}
+    if isinstance(tools, Mapping):
+        table = dict(tools)
+    else:
+        table = {}
+        for tool in tools:
+            name = getattr(tool, "name", None) or getattr(tool, "__name__", None)
+            if not isinstance(name, str):
+                raise RLMInputError(f"tool {tool!r} has no name: pass tools as a dict name -> function")
+            table[name] = tool
+    for name, tool in table.items():
+        if not name.isidentifier() or name.startswith("_"):
+            raise RLMInputError(f"tool name {name!r} must be a public Python identifier")
+        if name in RESERVED_NAMES:
+            raise RLMInputError(f"tool name {name!r} clashes with a REPL function: rename the tool")
+        if not callable(tool) and not hasattr(tool, "invoke"):
+            raise RLMInputError(f"tool {name!r} is not callable")
+    return table
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise RLMInputError(f"{name} must be a positive int, got {value!r}")
+
+
+def _non_negative(name: str, value: Any) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        raise RLMInputError(f"{name} must be a number >= 0, got {value!r}")
+
+
+def _positive_number(name: str, value: Any) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        raise RLMInputError(f"{name} must be a number > 0, got {value!r}")

@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from langchain_core.messages import AnyMessage, HumanMessage, SystemMessage
-from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables import RunnableConfig, ensure_config
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -49,6 +49,11 @@ FALLBACK_VARIABLES = ("final_answer", "answer", "result", "final")
 FALLBACK_OUTPUT_CHARS = 2_000
 """Characters of the last REPL output used as a last-resort answer."""
 
+ROOT_OVERFLOW = "context_overflow"
+"""``finished_reason`` when the root conversation outgrew the root model's window (a
+provider's 400 ``context_length_exceeded`` after the first turn): the run ends with the
+best answer the REPL holds instead of crashing."""
+
 
 class RLMRootCallError(RuntimeError):
     """A root-model call failed for good; the run cannot continue."""
@@ -63,9 +68,12 @@ class RLMLimitError(RuntimeError):
 
 
 # -- nodes -----------------------------------------------------------------------------
-def prepare(state: RLMState, runtime: Runtime[RLMRuntime]) -> dict[str, Any]:
+def prepare(
+    state: RLMState, config: RunnableConfig, runtime: Runtime[RLMRuntime]
+) -> dict[str, Any]:
     """Open a query: first messages, reset of the per-query fields."""
-    rt = runtime.context
+    rt = _rlm_runtime(runtime, state)
+    _annotate_run(config, iteration=0)
     description = prompts.describe_context(rt.context, rt.settings.preview_chars)
     messages: list[AnyMessage] = []
     if not state.get("messages"):
@@ -89,9 +97,10 @@ def generate_code(
     state: RLMState, config: RunnableConfig, runtime: Runtime[RLMRuntime]
 ) -> dict[str, Any]:
     """One root-model call; parse its reply."""
-    rt = _bind(runtime)
+    rt = _bind(runtime, state)
     iteration = state.get("iteration", 0) + 1
     rt.iteration = iteration
+    _annotate_run(config, iteration=iteration)
     try:
         reply = call_model(
             rt.root_model,
@@ -107,6 +116,8 @@ def generate_code(
     except BudgetExceeded as error:
         return {"finished_reason": error.reason, "pending_code": [], "pending_final": None}
     except ModelCallError as error:
+        if error.overflow and iteration > 1:  # the conversation outgrew the root's window
+            return {"finished_reason": ROOT_OVERFLOW, "pending_code": [], "pending_final": None}
         raise RLMRootCallError(f"the root model failed at depth {rt.depth}: {error}") from error
     text = reply.text if isinstance(reply.text, str) else str(reply.content)
     parsed = parse_reply(text)
@@ -131,8 +142,9 @@ def generate_code(
 
 def execute(state: RLMState, config: RunnableConfig, runtime: Runtime[RLMRuntime]) -> dict[str, Any]:
     """Run the pending blocks, then honour a prose FINAL if the code ran cleanly."""
-    rt = _bind(runtime)
+    rt = _bind(runtime, state)
     rt.iteration = iteration = state.get("iteration", 0)
+    _annotate_run(config, iteration=iteration)
     session = _session(rt, state)
     steps: list[ReplStepRecord] = []
     outputs: list[str] = []
@@ -173,9 +185,12 @@ def execute(state: RLMState, config: RunnableConfig, runtime: Runtime[RLMRuntime
     return update
 
 
-def check_final(state: RLMState, runtime: Runtime[RLMRuntime]) -> dict[str, Any]:
+def check_final(
+    state: RLMState, config: RunnableConfig, runtime: Runtime[RLMRuntime]
+) -> dict[str, Any]:
     """Decide how the run goes on; record why it stops."""
-    rt = runtime.context
+    rt = _rlm_runtime(runtime, state)
+    _annotate_run(config, iteration=state.get("iteration", 0))
     if state.get("answer") is not None:
         return {}
     reason = state.get("finished_reason")
@@ -195,7 +210,8 @@ def check_final(state: RLMState, runtime: Runtime[RLMRuntime]) -> dict[str, Any]
 
 def finalize(state: RLMState, config: RunnableConfig, runtime: Runtime[RLMRuntime]) -> dict[str, Any]:
     """Best answer after a limit: one more root call after max_iterations, else the REPL's."""
-    rt = _bind(runtime)
+    rt = _bind(runtime, state)
+    _annotate_run(config, iteration=state.get("iteration", 0))
     reason = state.get("finished_reason") or "max_iterations"
     if rt.settings.strict:
         raise RLMLimitError(reason, f"the RLM stopped without an answer: {reason}")
@@ -214,12 +230,14 @@ def finalize(state: RLMState, config: RunnableConfig, runtime: Runtime[RLMRuntim
 
 # -- routing ---------------------------------------------------------------------------
 def route_after_generate(state: RLMState) -> Literal["execute", "check_final"]:
+    _annotate_run(ensure_config(), iteration=state.get("iteration", 0))
     if state.get("pending_code") or state.get("pending_final"):
         return "execute"
     return "check_final"
 
 
 def route_after_check(state: RLMState) -> Literal["generate_code", "finalize", "__end__"]:
+    _annotate_run(ensure_config(), iteration=state.get("iteration", 0))
     if state.get("answer") is not None:
         return END
     if state.get("finished_reason"):
@@ -231,6 +249,7 @@ def build_rlm_graph(
     *,
     checkpointer: BaseCheckpointSaver[Any] | bool | None = None,
     name: str = "RLM",
+    context_schema: type[Any] = RLMRuntime,
 ) -> CompiledStateGraph[RLMState, RLMRuntime, Any, Any]:
     """Build and compile the RLM graph.
 
@@ -242,8 +261,12 @@ def build_rlm_graph(
         checkpointer: a LangGraph checkpointer (``InMemorySaver``, ``SqliteSaver``...) to
             persist the state per step; ``False`` disables inheriting the parent's.
         name: the run name of the graph in traces.
+        context_schema: the runtime context's type: :class:`RLMRuntime`, or a JSON-able
+            provider with ``rlm_runtime(state)`` (see :func:`_rlm_runtime`) for servers.
     """
-    builder = StateGraph(RLMState, context_schema=RLMRuntime)
+    builder: StateGraph[RLMState, RLMRuntime, RLMState, RLMState] = StateGraph(
+        RLMState, context_schema=context_schema
+    )
     builder.add_node("prepare", prepare)
     builder.add_node("generate_code", generate_code)
     builder.add_node("execute", execute)
@@ -264,12 +287,53 @@ def _child_graph_factory() -> CompiledStateGraph[RLMState, RLMRuntime, Any, Any]
 
 
 # -- helpers ---------------------------------------------------------------------------
-def _bind(runtime: Runtime[RLMRuntime]) -> RLMRuntime:
+def _rlm_runtime(runtime: Runtime[Any], state: RLMState) -> RLMRuntime:
+    """The run's RLMRuntime: the runtime context itself, or one a provider builds.
+
+    A provider is any runtime context with a method ``rlm_runtime(state) -> RLMRuntime``
+    that returns the same runtime for every node of one run (the LangGraph Server entry
+    point, :mod:`langchain_rlm.server`, passes a JSON-able one and builds the models there).
+    """
+    context = runtime.context
+    if isinstance(context, RLMRuntime):
+        return context
+    build = getattr(context, "rlm_runtime", None)
+    if build is None:
+        raise TypeError(
+            "the RLM graph needs an RLMRuntime as its runtime context: "
+            "graph.invoke({'query': ...}, context=RLMRuntime(...)), or use RLM(...).invoke"
+        )
+    rt: RLMRuntime = build(state)
+    return rt
+
+
+def _bind(runtime: Runtime[RLMRuntime], state: RLMState) -> RLMRuntime:
     """The run's runtime, with the top level's stream writer attached (children inherit it)."""
-    rt = runtime.context
+    rt = _rlm_runtime(runtime, state)
     if rt.depth == 0:
         rt.writer = runtime.stream_writer
     return rt
+
+
+def _annotate_run(config: RunnableConfig, **metadata: Any) -> None:
+    """Add metadata (the iteration) to the run LangGraph opened for this node or route.
+
+    ``config`` is the node's own config (its callbacks' parent is the node's run); a
+    route passes ``ensure_config()``, since LangGraph hands routes the node's config.
+
+    LangGraph starts a node's run before the node can know its iteration, so the node
+    writes it into its own run object, found in the tracers' ``run_map`` the way
+    LangGraph itself finds it. Tracers send metadata with the run's end (LangSmith
+    patches it), so the trace shows ``depth`` and ``iteration`` on every run.
+    """
+    manager = config.get("callbacks")
+    run_id = getattr(manager, "parent_run_id", None)
+    if run_id is None:
+        return
+    for handler in getattr(manager, "handlers", ()):
+        run = getattr(handler, "run_map", {}).get(str(run_id))
+        if run is not None and isinstance(getattr(run, "extra", None), dict):
+            run.extra["metadata"] = {**run.extra.get("metadata", {}), **metadata}
 
 
 def _system_prompt(rt: RLMRuntime, description: dict[str, Any]) -> str:

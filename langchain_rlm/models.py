@@ -161,12 +161,20 @@ def is_transient(error: BaseException) -> bool:
 
 
 def _retry_after(error: BaseException) -> float | None:
+    """The server's requested wait: ``retry-after-ms`` (OpenAI's, precise) first, then
+    ``retry-after`` in seconds; capped at :data:`MAX_RETRY_AFTER`."""
     headers = getattr(getattr(error, "response", None), "headers", None)
-    value = headers.get("retry-after") if headers is not None else None
-    try:
-        return min(float(value), MAX_RETRY_AFTER) if value is not None else None
-    except ValueError:
+    if headers is None:
         return None
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return min(float(value) * scale, MAX_RETRY_AFTER)
+        except ValueError:
+            continue
+    return None
 
 
 def _backoff(attempt: int, first: float, error: BaseException) -> float:
@@ -174,6 +182,13 @@ def _backoff(attempt: int, first: float, error: BaseException) -> float:
     if requested is not None:
         return requested
     return first * (2**attempt) * (0.75 + random.random() / 2)
+
+
+def _retry_wait(meter: UsageMeter, attempt: int, first: float, error: BaseException) -> float:
+    """The backoff before a retry, never past the run's timeout."""
+    wait = _backoff(attempt, first, error)
+    left = meter.seconds_left()
+    return wait if left is None else min(wait, left)
 
 
 def _settle(
@@ -234,7 +249,8 @@ def call_model(
             if attempt >= max_retries or not is_transient(error) or is_context_overflow(error):
                 raise _failure(model, error, attempt + 1) from error
             meter.check()
-            time.sleep(_backoff(attempt, backoff, error))
+            time.sleep(_retry_wait(meter, attempt, backoff, error))
+            meter.check()
             continue
         return _settle(meter, model, message, _prompt_chars(messages), depth, root)
     raise AssertionError("unreachable")
@@ -262,7 +278,8 @@ async def acall_model(
             if attempt >= max_retries or not is_transient(error) or is_context_overflow(error):
                 raise _failure(model, error, attempt + 1) from error
             meter.check()
-            await asyncio.sleep(_backoff(attempt, backoff, error))
+            await asyncio.sleep(_retry_wait(meter, attempt, backoff, error))
+            meter.check()
             continue
         return _settle(meter, model, message, _prompt_chars(messages), depth, root)
     raise AssertionError("unreachable")

@@ -268,6 +268,8 @@ def _signature(function: Callable[..., Any]) -> str:
     if isinstance(args_schema, dict) and hasattr(function, "invoke"):
         return "(" + ", ".join(f"{name}" for name in args_schema) + ")"
     try:
+        return str(inspect.signature(function, eval_str=True))
+    except (NameError, SyntaxError):  # annotations naming things not importable here
         return str(inspect.signature(function))
     except (TypeError, ValueError):
         return "(...)"

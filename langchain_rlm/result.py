@@ -139,6 +139,9 @@ def _sub_call(record: Mapping[str, Any]) -> SubCall:
 
 
 def _child(child: Mapping[str, Any]) -> RLMResult:
+    if child.get("usage") is not None:  # the child's own meter: its whole subtree
+        state = {**child, "iteration": child.get("iterations", 0)}
+        return RLMResult.from_state(state, child["usage"], depth=int(child.get("depth", 1)))
     history = child.get("repl_history", [])
     calls = sum(len(step.get("sub_calls", [])) for step in history)
     iterations = int(child.get("iterations", 0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -37,6 +38,11 @@ from langchain_rlm.state import (
 from langchain_rlm.usage import Budgets, ModelPrice, UsageMeter
 
 __all__ = ["RLM", "RLMInputError"]
+
+STEPS_PER_ITERATION = 3
+"""Graph nodes one root iteration runs (generate_code, execute, check_final)."""
+EXTRA_GRAPH_STEPS = 8
+"""Graph nodes outside the iterations (prepare, finalize) plus slack."""
 
 RESERVED_NAMES = frozenset(
     {*REPL_FUNCTION_NAMES, "llm_query", "llm_query_batched", "recursive_lm", "recursive_lm_batched"}
@@ -179,7 +185,13 @@ class RLM(Runnable[dict[str, Any], RLMResult]):
     def invoke(
         self, input: Mapping[str, Any], config: RunnableConfig | None = None, **kwargs: Any
     ) -> RLMResult:
-        """Answer ``input["query"]`` over ``input["context"]``."""
+        """Answer ``input["query"]`` over ``input["context"]``.
+
+        With a checkpointer, an input without a query (``{"context": ...}``) resumes the
+        thread's interrupted run instead: see :meth:`resume`.
+        """
+        if self._is_resume(input):
+            return self.resume(input, config)
         config, runtime, query, thread_id = self._start(input, config)
         try:
             state = self.graph.invoke({"query": query}, config, context=runtime)
@@ -191,12 +203,14 @@ class RLM(Runnable[dict[str, Any], RLMResult]):
         self, input: Mapping[str, Any], config: RunnableConfig | None = None, **kwargs: Any
     ) -> RLMResult:
         """Async :meth:`invoke`. Cancelling it stops sub-calls and the sandbox worker."""
+        if self._is_resume(input):
+            return await self.aresume(input, config)
         config, runtime, query, thread_id = self._start(input, config)
+        runtime.loop = asyncio.get_running_loop()
         try:
             state = await self.graph.ainvoke({"query": query}, config, context=runtime)
         except asyncio.CancelledError:
-            runtime.cancelled.set()
-            runtime.close()
+            await _cancel(runtime)
             raise
         finally:
             self._finish(runtime, thread_id)
@@ -225,6 +239,7 @@ class RLM(Runnable[dict[str, Any], RLMResult]):
     ) -> AsyncIterator[RLMEvent]:  # type: ignore[override]
         """Async :meth:`stream`."""
         config, runtime, query, thread_id = self._start(input, config)
+        runtime.loop = asyncio.get_running_loop()
         state: dict[str, Any] = {}
         try:
             async for mode, chunk in self.graph.astream(
@@ -235,8 +250,7 @@ class RLM(Runnable[dict[str, Any], RLMResult]):
                 elif _forward(chunk):
                     yield to_event(chunk)
         except asyncio.CancelledError:
-            runtime.cancelled.set()
-            runtime.close()
+            await _cancel(runtime)
             raise
         finally:
             self._finish(runtime, thread_id)
@@ -245,6 +259,102 @@ class RLM(Runnable[dict[str, Any], RLMResult]):
     def answer_only(self) -> Runnable[dict[str, Any], str]:
         """This RLM followed by a step that keeps only the answer string."""
         return self | RunnableLambda(_answer_of, name="answer")
+
+    # -- resume ------------------------------------------------------------------------
+    def resume(
+        self, input: Mapping[str, Any] | None = None, config: RunnableConfig | None = None
+    ) -> RLMResult:
+        """Finish a thread's interrupted run (a crash, a kill) from its last checkpoint.
+
+        ``input`` is ``{"context": ...}``: the same context the run was started with (it is
+        never checkpointed); it may be left out while this RLM still holds the thread.
+        ``config`` names the thread: ``{"configurable": {"thread_id": ...}}``. A fresh
+        REPL session replays the recorded cells, answering their sub-calls from the
+        records (no model is called again for them); the usage meter goes on from the
+        checkpoint's snapshot. A thread whose run already finished returns its result
+        without calling any model.
+
+        .. code-block:: python
+
+            rlm = RLM(model, checkpointer=SqliteSaver(sqlite3.connect("rlm.db")))
+            result = rlm.resume({"context": text}, {"configurable": {"thread_id": "t1"}})
+        """
+        config, thread_id = self._resume_target(config)
+        snapshot = self.graph.get_state(_thread_config(thread_id))
+        _require_checkpoint(snapshot, thread_id)
+        if not snapshot.next:
+            return _finished_result(snapshot.values, thread_id)
+        runtime = self._resume_runtime(input, thread_id, snapshot.values)
+        try:
+            state = self.graph.invoke(None, config, context=runtime)
+        finally:
+            self._finish(runtime, thread_id)
+        return RLMResult.from_state(state, runtime.meter.snapshot(), thread_id=thread_id)
+
+    async def aresume(
+        self, input: Mapping[str, Any] | None = None, config: RunnableConfig | None = None
+    ) -> RLMResult:
+        """Async :meth:`resume` (the checkpointer must support async, e.g. InMemorySaver)."""
+        config, thread_id = self._resume_target(config)
+        snapshot = await self.graph.aget_state(_thread_config(thread_id))
+        _require_checkpoint(snapshot, thread_id)
+        if not snapshot.next:
+            return _finished_result(snapshot.values, thread_id)
+        runtime = self._resume_runtime(input, thread_id, snapshot.values)
+        runtime.loop = asyncio.get_running_loop()
+        try:
+            state = await self.graph.ainvoke(None, config, context=runtime)
+        finally:
+            self._finish(runtime, thread_id)
+        return RLMResult.from_state(state, runtime.meter.snapshot(), thread_id=thread_id)
+
+    def _is_resume(self, input: Any) -> bool:
+        """An input without a query, given to a checkpointed RLM, asks to resume."""
+        return self.checkpointer is not None and isinstance(input, Mapping) and "query" not in input
+
+    def _resume_target(self, config: RunnableConfig | None) -> tuple[RunnableConfig, str]:
+        """The graph config and the thread id of a resume; raises RLMInputError."""
+        if self.checkpointer is None:
+            raise RLMInputError(
+                "resume needs a checkpointer: RLM(..., checkpointer=SqliteSaver(...)), "
+                "the same database the interrupted run wrote to"
+            )
+        config = ensure_config(config)
+        thread_id = _thread_id(config)
+        if thread_id is None:
+            raise RLMInputError(
+                "resume needs the interrupted run's thread id: "
+                "config={'configurable': {'thread_id': ...}}"
+            )
+        return self._graph_config(config, thread_id), thread_id
+
+    def _resume_runtime(
+        self, input: Mapping[str, Any] | None, thread_id: str, values: Mapping[str, Any]
+    ) -> RLMRuntime:
+        """A fresh runtime for the thread, its meter restored from the checkpoint."""
+        if input is not None and not isinstance(input, Mapping):
+            raise RLMInputError(
+                f"resume input must be a dict like {{'context': ...}}, not {type(input).__name__}"
+            )
+        with self._threads_lock:
+            previous = self._threads.pop(thread_id, None)
+        if input is not None and "context" in input:
+            context = normalize_context(input["context"])
+        elif previous is not None:
+            context = previous.context
+        else:
+            raise RLMInputError(
+                "resume needs the run's 'context' (it is never checkpointed): "
+                "rlm.resume({'context': ...}, config)"
+            )
+        if previous is not None:  # a fresh session replays the recorded cells
+            previous.close()
+        meter = UsageMeter(self.budgets, self.prices)
+        meter.restore(values.get("usage") or {})
+        runtime = self._new_runtime(context, meter)
+        with self._threads_lock:
+            self._threads[thread_id] = runtime
+        return runtime
 
     # -- threads (multi-turn) ------------------------------------------------------------
     def close_thread(self, thread_id: str) -> None:
@@ -295,16 +405,22 @@ class RLM(Runnable[dict[str, Any], RLMResult]):
         if thread_id is not None:
             with self._threads_lock:
                 self._threads[thread_id] = runtime
+        return self._graph_config(config, thread_id), runtime, query, thread_id
+
+    def _graph_config(self, config: RunnableConfig, thread_id: str | None) -> RunnableConfig:
+        """The config the graph runs with: run name, depth metadata, thread id, step limit."""
         configurable = {**config.get("configurable", {})}
         if thread_id is not None:
             configurable["thread_id"] = thread_id
-        graph_config: RunnableConfig = {
+        # LangGraph counts nodes, not iterations: give it room for max_iterations.
+        steps = STEPS_PER_ITERATION * self.settings.max_iterations + EXTRA_GRAPH_STEPS
+        return {
             **config,
             "run_name": config.get("run_name") or self.name or "RLM",
-            "metadata": {**config.get("metadata", {}), "depth": 0},
+            "metadata": {**config.get("metadata", {}), "depth": 0, "iteration": 0},
             "configurable": configurable,
+            "recursion_limit": max(int(config.get("recursion_limit") or 0), steps),
         }
-        return graph_config, runtime, query, thread_id
 
     def _new_runtime(self, context: Any, meter: UsageMeter) -> RLMRuntime:
         return RLMRuntime(
@@ -319,8 +435,19 @@ class RLM(Runnable[dict[str, Any], RLMResult]):
 
     def _finish(self, runtime: RLMRuntime, thread_id: str | None) -> None:
         runtime.writer = None
+        runtime.loop = None
         if thread_id is None:
             runtime.close()
+
+
+async def _cancel(runtime: RLMRuntime) -> None:
+    """On cancellation: cancel the sub-calls in flight on the loop (their HTTP requests
+    are aborted), then stop the sandbox worker in a thread, so the loop keeps running
+    while the session waits for the interrupted cell to return."""
+    runtime.cancel_in_flight()
+    # cancelled again while waiting: the close goes on in its thread
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.to_thread(runtime.close)
 
 
 def _parse_input(input: Any) -> tuple[str, Any, bool]:
@@ -341,6 +468,23 @@ def _parse_input(input: Any) -> tuple[str, Any, bool]:
     if "context" not in input:
         return query, None, False
     return query, normalize_context(input["context"]), True
+
+
+def _finished_result(values: Mapping[str, Any], thread_id: str) -> RLMResult:
+    """The result of a thread whose last run already finished (nothing left to resume)."""
+    return RLMResult.from_state(values, values.get("usage") or {}, thread_id=thread_id)
+
+
+def _thread_config(thread_id: str) -> RunnableConfig:
+    return {"configurable": {"thread_id": thread_id}}
+
+
+def _require_checkpoint(snapshot: Any, thread_id: str) -> None:
+    if not snapshot.values:
+        raise RLMInputError(
+            f"thread {thread_id!r} has no checkpoint to resume: start it with "
+            "rlm.invoke({'query': ..., 'context': ...}, config)"
+        )
 
 
 def _thread_id(config: RunnableConfig) -> str | None:

@@ -9,6 +9,8 @@ the sandbox session, the limits and the usage meter.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import operator
 import threading
 from collections.abc import Callable, Mapping
@@ -208,10 +210,25 @@ class RLMRuntime:
     """Set when the caller cancelled the run: new sub-calls fail fast."""
     writer: Callable[[dict[str, Any]], None] | None = None
     """LangGraph's custom stream writer of the running node, for step events."""
+    loop: asyncio.AbstractEventLoop | None = None
+    """The caller's event loop under ``ainvoke``/``astream``: sub-call batches then run on
+    it (``model.ainvoke``), so cancelling the run aborts their HTTP requests."""
+    in_flight: set[concurrent.futures.Future[Any]] = field(default_factory=set)
+    """Sub-call batches running on :attr:`loop` (shared with children), cancelled on cancel."""
+    in_flight_lock: threading.Lock = field(default_factory=threading.Lock)
+    """Guards :attr:`in_flight` (shared with children, like the set itself)."""
+
+    def cancel_in_flight(self) -> None:
+        """Mark the run cancelled and cancel every sub-call batch running on the loop."""
+        self.cancelled.set()
+        with self.in_flight_lock:
+            futures = list(self.in_flight)
+        for future in futures:
+            future.cancel()
 
     def emit(self, event: dict[str, Any]) -> None:
         """Send a step event to ``stream(stream_mode="custom")`` and ``astream_events``."""
-        event = {**event, "depth": self.depth}
+        event = {"iteration": self.iteration, **event, "depth": self.depth}
         if self.writer is not None:
             self.writer(event)
         try:

@@ -4,7 +4,13 @@ One :class:`UsageMeter` is shared by the root run, every sub-call and every chil
 one invocation. All updates happen under one lock, so budgets hold across depths and
 concurrent branches: a call is *reserved* before it starts (``reserve_call``), which makes
 ``max_llm_calls`` exact; token and cost budgets are checked before each call and settled
-after it, so they can overshoot by at most the calls already in flight.
+after it, so they can overshoot by at most the calls already in flight. A retry of a
+transient fault is the same call: it is not reserved again (``max_llm_calls`` counts
+calls, not HTTP attempts), but it is made only while the other budgets hold.
+
+A child RLM gets a child meter (:meth:`UsageMeter.child`): it keeps the subtree's own
+usage tables (so each child result carries its usage), forwards every settled call to
+its ancestors, and delegates budgets and reservations to the top-level meter.
 
 Token counts come from the models' ``usage_metadata``. A provider that reports none gets a
 character-based estimate (:data:`CHARS_PER_TOKEN`), and the usage is marked ``estimated``.
@@ -129,10 +135,14 @@ class UsageMeter:
         self,
         budgets: Budgets | None = None,
         prices: Mapping[str, ModelPrice] | None = None,
+        *,
+        parent: UsageMeter | None = None,
     ) -> None:
         self.budgets = budgets or Budgets()
         self.prices: dict[str, ModelPrice] = {**DEFAULT_PRICES, **(prices or {})}
-        self.started = time.monotonic()
+        self.started: float = time.monotonic() if parent is None else parent.started
+        self._parent = parent
+        self._root: UsageMeter = self if parent is None else parent._root
         self._lock = threading.Lock()
         self._reserved = 0
         self._root_calls = 0
@@ -143,20 +153,31 @@ class UsageMeter:
         self._by_depth: dict[int, ModelUsage] = {}
         self._exceeded: BudgetExceeded | None = None
 
+    def child(self) -> UsageMeter:
+        """A meter for a child RLM: its own usage tables (the subtree's), while budgets,
+        reservations and the tree totals stay with the top-level meter."""
+        return UsageMeter(self.budgets, self.prices, parent=self)
+
     # -- budgets -----------------------------------------------------------------------
     def check(self) -> None:
         """Raise :class:`BudgetExceeded` if any budget is already spent."""
+        if self._root is not self:
+            return self._root.check()
         with self._lock:
             self._check_locked(reserving=False)
 
     def reserve_call(self) -> None:
         """Claim one model call against ``max_llm_calls`` (atomic), or raise."""
+        if self._root is not self:
+            return self._root.reserve_call()
         with self._lock:
             self._check_locked(reserving=True)
             self._reserved += 1
 
     def release_call(self) -> None:
         """Give back a reservation whose call never happened (e.g. served from memo)."""
+        if self._root is not self:
+            return self._root.release_call()
         with self._lock:
             self._reserved = max(0, self._reserved - 1)
 
@@ -182,10 +203,11 @@ class UsageMeter:
 
     @property
     def exceeded(self) -> BudgetExceeded | None:
-        """The first budget that was hit, if any."""
-        return self._exceeded
+        """The first budget that was hit, if any (tree-wide)."""
+        return self._root._exceeded
 
     def seconds_left(self) -> float | None:
+        """Wall seconds left before the run's timeout (``None`` without a timeout)."""
         if self.budgets.timeout is None:
             return None
         return max(0.0, self.budgets.timeout - (time.monotonic() - self.started))
@@ -201,7 +223,7 @@ class UsageMeter:
         estimated: bool,
         root: bool,
     ) -> None:
-        """Settle one finished model call."""
+        """Settle one finished model call (here and in every ancestor meter)."""
         price = _price_for(model, self.prices)
         cost = (
             None
@@ -219,6 +241,15 @@ class UsageMeter:
                 table.setdefault(key, ModelUsage()).add(  # type: ignore[arg-type]
                     input_tokens, output_tokens, cost, estimated
                 )
+        if self._parent is not None:
+            self._parent.record(
+                model,
+                depth,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                estimated=estimated,
+                root=root,
+            )
 
     def restore(self, snapshot: Mapping[str, Any]) -> None:
         """Start from a previous snapshot (a resumed run keeps counting where it stopped)."""

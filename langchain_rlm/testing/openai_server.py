@@ -1,0 +1,948 @@
+"""A scripted, OpenAI-compatible chat-completions server on 127.0.0.1 for tests and benchmarks.
+
+This is a **test double**, not a model: every reply comes from a scripted ``responder``. It
+speaks the real OpenAI wire protocol so tests can drive ``langchain_openai.ChatOpenAI``
+(and the ``openai`` SDK) over real HTTP, including streaming (SSE), usage accounting,
+stop sequences, HTTP errors with retry headers, latency and hung requests.
+
+The server side is standard library only (``http.server.ThreadingHTTPServer``, one daemon
+thread per connection), so hundreds of concurrent requests are served in parallel.
+
+Example::
+
+    with ScriptedOpenAIServer.from_replies({"root": ["hi"], "sub": ["a", "b"]}) as srv:
+        llm = srv.chat_model("root")
+        assert llm.invoke("hello").content == "hi"
+        assert srv.requests[0].model == "root"
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import re
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from langchain_openai import ChatOpenAI
+
+__all__ = [
+    "ChatMessage",
+    "ChatRequest",
+    "Fault",
+    "NoMatchingRuleError",
+    "RecordedResponse",
+    "Reply",
+    "Responder",
+    "ScriptExhaustedError",
+    "ScriptedOpenAIServer",
+    "apply_stop",
+    "echo_responder",
+    "estimate_tokens",
+    "replies_responder",
+    "rules_responder",
+]
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_MODEL_NAME = "scripted"
+DEFAULT_API_KEY = "test"
+DEFAULT_CLIENT_TIMEOUT = 30.0
+CHARS_PER_TOKEN = 4
+REQUEST_QUEUE_SIZE = 1024
+SERVE_POLL_INTERVAL = 0.05
+HANG_POLL_INTERVAL = 0.05
+THREAD_JOIN_TIMEOUT = 5.0
+STREAM_CHUNK_CHARS = 16
+DEFAULT_FAULT_RETRY_AFTER = 0.01
+CREATED_TIMESTAMP = 1_700_000_000
+SYSTEM_FINGERPRINT = "fp_scripted"
+FALLBACK_MODEL_KEY = "*"
+CHAT_COMPLETIONS_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
+MODELS_PATHS = frozenset({"/v1/models", "/models"})
+
+_ERROR_TYPES: Mapping[int, tuple[str, str | None]] = {
+    400: ("invalid_request_error", None),
+    401: ("authentication_error", "invalid_api_key"),
+    403: ("permission_error", None),
+    404: ("invalid_request_error", "model_not_found"),
+    408: ("timeout_error", None),
+    409: ("conflict_error", None),
+    429: ("rate_limit_error", "rate_limit_exceeded"),
+    500: ("server_error", None),
+    502: ("server_error", None),
+    503: ("server_error", "service_unavailable"),
+}
+_DEFAULT_ERROR_TYPE = ("server_error", None)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def estimate_tokens(text: str) -> int:
+    """Deterministic token estimate: ``ceil(len(text) / 4)`` (0 for the empty string)."""
+    return (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
+
+
+def apply_stop(text: str, stop: Sequence[str] | None) -> tuple[str, bool]:
+    """Cut ``text`` at the earliest occurrence of any stop sequence (exclusive).
+
+    Returns ``(text, hit)`` where ``hit`` tells whether a stop sequence was found.
+    Empty stop strings are ignored, as a real server does.
+    """
+    positions = [pos for s in stop or () if s and (pos := text.find(s)) >= 0]
+    if not positions:
+        return text, False
+    return text[: min(positions)], True
+
+
+def _content_text(content: Any) -> str:
+    """Flatten an OpenAI message ``content`` (string, list of parts or null) to text."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p.get("text", "") if isinstance(p, dict) else str(p) for p in content]
+        return "".join(str(p) for p in parts)
+    return str(content)
+
+
+def _normalise_stop(stop: Any) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        return (stop,)
+    return tuple(str(s) for s in stop)
+
+
+def _error_body(
+    status: int, message: str, *, error_type: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    default_type, default_code = _ERROR_TYPES.get(status, _DEFAULT_ERROR_TYPE)
+    return {
+        "error": {
+            "message": message,
+            "type": error_type or default_type,
+            "param": None,
+            "code": code if code is not None else default_code,
+        }
+    }
+
+
+def _retry_after_headers(retry_after: float | None) -> dict[str, str]:
+    """OpenAI-style retry headers; ``retry-after-ms`` keeps sub-second waits precise."""
+    if retry_after is None:
+        return {}
+    return {
+        "retry-after-ms": str(round(retry_after * 1000)),
+        "retry-after": str(max(0, int(-(-retry_after // 1)))),
+    }
+
+
+# --------------------------------------------------------------------------- data model
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One message of a chat-completions request, content flattened to text."""
+
+    role: str
+    content: str
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A parsed ``POST /v1/chat/completions`` request, as seen by responders and tests."""
+
+    model: str
+    messages: tuple[ChatMessage, ...]
+    stop: tuple[str, ...] = ()
+    max_tokens: int | None = None
+    stream: bool = False
+    include_usage: bool = False
+    index: int = 0
+    """0-based arrival order over all chat requests of this server."""
+    model_index: int = 0
+    """0-based arrival order among the requests for this ``model``."""
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    received_at: float = field(default=0.0, compare=False)
+
+    @property
+    def prompt_text(self) -> str:
+        """All message contents joined by newlines."""
+        return "\n".join(m.content for m in self.messages)
+
+    @property
+    def prompt_chars(self) -> int:
+        """Total characters of all message contents."""
+        return sum(len(m.content) for m in self.messages)
+
+    @property
+    def last_message(self) -> str:
+        """Content of the last message ("" if there are none)."""
+        return self.messages[-1].content if self.messages else ""
+
+    @property
+    def last_user_message(self) -> str:
+        """Content of the last ``user`` message ("" if there is none)."""
+        return next((m.content for m in reversed(self.messages) if m.role == "user"), "")
+
+    @property
+    def system_message(self) -> str:
+        """Content of the first ``system``/``developer`` message ("" if there is none)."""
+        roles = ("system", "developer")
+        return next((m.content for m in self.messages if m.role in roles), "")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the server answers to one request.
+
+    A responder may return a plain ``str`` (= ``Reply(content=...)``). ``status >= 400``
+    turns the reply into an HTTP error with ``error_body`` (built from the status when
+    omitted). ``latency`` sleeps before answering; ``hang`` never answers (until the client
+    disconnects or the server closes).
+    """
+
+    content: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    status: int = 200
+    error_body: Mapping[str, Any] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    latency: float = 0.0
+    hang: bool = False
+
+    @property
+    def is_error(self) -> bool:
+        """True for HTTP error replies."""
+        return self.status >= 400
+
+    @classmethod
+    def error(
+        cls,
+        status: int,
+        message: str | None = None,
+        *,
+        error_type: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Reply:
+        """An HTTP error reply with an OpenAI-style ``{"error": {...}}`` body."""
+        body = _error_body(
+            status,
+            message or f"Scripted error {status}",
+            error_type=error_type,
+            code=code,
+        )
+        all_headers = {**_retry_after_headers(retry_after), **(headers or {})}
+        return cls(status=status, error_body=body, headers=all_headers)
+
+    @classmethod
+    def context_length_exceeded(
+        cls, max_context: int = 8192, requested: int | None = None
+    ) -> Reply:
+        """A 400 ``context_length_exceeded`` error, worded like OpenAI's."""
+        requested = requested if requested is not None else max_context + 1
+        message = (
+            f"This model's maximum context length is {max_context} tokens. However, your "
+            f"messages resulted in {requested} tokens. Please reduce the length of the messages."
+        )
+        return cls.error(400, message, code="context_length_exceeded")
+
+    @classmethod
+    def rate_limited(cls, retry_after: float | None = DEFAULT_FAULT_RETRY_AFTER) -> Reply:
+        """A 429 rate-limit error with ``Retry-After`` headers."""
+        return cls.error(429, "Rate limit reached (scripted).", retry_after=retry_after)
+
+    @classmethod
+    def server_error(
+        cls, status: int = 500, retry_after: float | None = DEFAULT_FAULT_RETRY_AFTER
+    ) -> Reply:
+        """A 5xx error (500, 502, 503, ...), retryable by the OpenAI SDK."""
+        return cls.error(status, f"Scripted server error {status}.", retry_after=retry_after)
+
+    @classmethod
+    def hanging(cls) -> Reply:
+        """A reply that never comes: the request hangs until the client gives up."""
+        return cls(hang=True)
+
+
+Responder = Callable[[ChatRequest], str | Reply]
+"""A scripted reply source: ``(ChatRequest) -> str | Reply``."""
+
+
+@dataclass
+class Fault:
+    """Inject an error reply into matching requests: skip ``after``, then fail ``first_n``.
+
+    ``model=None`` matches every model. The counter is per ``Fault`` and thread-safe.
+    """
+
+    reply: Reply = field(default_factory=Reply.server_error)
+    model: str | None = None
+    first_n: int = 1
+    after: int = 0
+    _seen: int = field(default=0, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def take(self, request: ChatRequest) -> Reply | None:
+        """Return the error reply if this request is one of the faulted ones."""
+        if self.model is not None and request.model != self.model:
+            return None
+        with self._lock:
+            position = self._seen
+            self._seen += 1
+        return self.reply if self.after <= position < self.after + self.first_n else None
+
+
+@dataclass(frozen=True)
+class RecordedResponse:
+    """What the server sent back for one request (``content`` after stop-cutting)."""
+
+    request_index: int
+    model: str
+    status: int
+    content: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    stream: bool = False
+
+
+class ScriptExhaustedError(RuntimeError):
+    """A scripted reply queue ran out (the server answers 500 with this message)."""
+
+
+class NoMatchingRuleError(LookupError):
+    """No rule matched a request and no default was given (the server answers 500)."""
+
+
+# --------------------------------------------------------------------------- responders
+
+
+def echo_responder(request: ChatRequest) -> str:
+    """Reply with the content of the last message (the default responder)."""
+    return request.last_message
+
+
+def replies_responder(replies: Sequence[str | Reply], *, cycle: bool = False) -> Responder:
+    """A thread-safe responder that hands out ``replies`` in order.
+
+    When the queue is exhausted it raises :class:`ScriptExhaustedError` (the server then
+    answers HTTP 500), unless ``cycle`` is true.
+    """
+    items = list(replies)
+    source: Iterator[str | Reply] = itertools.cycle(items) if cycle and items else iter(items)
+    lock = threading.Lock()
+
+    def respond(request: ChatRequest) -> str | Reply:
+        with lock:
+            item = next(source, None)
+        if item is None:
+            raise ScriptExhaustedError(
+                f"scripted replies exhausted for model {request.model!r} "
+                f"({len(items)} given; request #{request.index})"
+            )
+        return item
+
+    return respond
+
+
+def _compile_matcher(
+    matcher: str | re.Pattern[str] | Callable[[ChatRequest], bool],
+    match_on: Literal["last", "all"],
+) -> Callable[[ChatRequest], bool]:
+    if callable(matcher) and not isinstance(matcher, re.Pattern):
+        return matcher
+    pattern = re.compile(matcher) if isinstance(matcher, str) else matcher
+
+    def matches(request: ChatRequest) -> bool:
+        text = request.last_message if match_on == "last" else request.prompt_text
+        return pattern.search(text) is not None
+
+    return matches
+
+
+def _resolve_spec(spec: str | Reply | Responder, request: ChatRequest) -> str | Reply:
+    return spec if isinstance(spec, str | Reply) else spec(request)
+
+
+def rules_responder(
+    rules: Sequence[tuple[Any, str | Reply | Responder]],
+    *,
+    default: str | Reply | Responder | None = None,
+    match_on: Literal["last", "all"] = "last",
+) -> Responder:
+    """A responder answering with the reply of the first matching rule.
+
+    A rule is ``(matcher, reply)``: ``matcher`` is a regex (string or compiled, searched in
+    the last message, or in all messages with ``match_on="all"``) or a predicate
+    ``(ChatRequest) -> bool``; ``reply`` is a ``str``, a :class:`Reply` or a responder.
+    """
+    compiled = [(_compile_matcher(m, match_on), spec) for m, spec in rules]
+
+    def respond(request: ChatRequest) -> str | Reply:
+        for matches, spec in compiled:
+            if matches(request):
+                return _resolve_spec(spec, request)
+        if default is None:
+            raise NoMatchingRuleError(
+                f"no rule matched request #{request.index} for model {request.model!r}: "
+                f"{request.last_message[:200]!r}"
+            )
+        return _resolve_spec(default, request)
+
+    return respond
+
+
+# --------------------------------------------------------------------------- HTTP layer
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer that tracks live connections so ``close()`` can end them."""
+
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+    request_queue_size = REQUEST_QUEUE_SIZE
+
+    def __init__(self, address: tuple[str, int], owner: ScriptedOpenAIServer) -> None:
+        self.owner = owner
+        self._live_lock = threading.Lock()
+        self._live: dict[threading.Thread, socket.socket] = {}
+        super().__init__(address, _Handler)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        with self._live_lock:
+            self._live[threading.current_thread()] = request
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._live_lock:
+                self._live.pop(threading.current_thread(), None)
+
+    def close_connections(self, timeout: float) -> None:
+        """Shut down every live connection and wait for its thread to finish."""
+        with self._live_lock:
+            live = list(self._live.items())
+        for _, sock in live:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        deadline = time.monotonic() + timeout
+        for thread, _ in live:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Routes requests to the owning :class:`ScriptedOpenAIServer`."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "ScriptedOpenAI/1.0"
+    server: _HTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence the default stderr access log."""
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/")
+        if path in MODELS_PATHS:
+            self.send_json(200, self.server.owner.models_payload())
+        else:
+            self.send_json(404, _error_body(404, f"Unknown path {path}", code="not_found"))
+
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/")
+        if path in CHAT_COMPLETIONS_PATHS:
+            self.server.owner.handle_chat(self)
+        else:
+            self.read_body()
+            self.send_json(404, _error_body(404, f"Unknown path {path}", code="not_found"))
+
+    def read_body(self) -> bytes:
+        """Read the request body (``Content-Length`` framed)."""
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def send_json(
+        self, status: int, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Send a complete JSON response."""
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers_for_owner()
+        self.wfile.write(body)
+
+    def start_sse(self) -> None:
+        """Start a chunked ``text/event-stream`` response."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers_for_owner()
+
+    def end_headers_for_owner(self) -> None:
+        """End the headers, adding ``Connection: close`` when the owner disables keep-alive."""
+        if not self.server.owner.keep_alive:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+
+    def send_sse(self, data: str) -> None:
+        """Send one SSE ``data:`` event as one HTTP chunk."""
+        payload = f"data: {data}\n\n".encode()
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(payload), payload))
+
+    def end_sse(self) -> None:
+        """Send ``[DONE]`` and the terminating zero-length chunk."""
+        self.send_sse("[DONE]")
+        self.wfile.write(b"0\r\n\r\n")
+
+    def peer_closed(self) -> bool:
+        """True once the client has closed its end of the connection."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
+
+# --------------------------------------------------------------------------- the server
+
+
+class ScriptedOpenAIServer:
+    """An OpenAI-compatible chat server on ``127.0.0.1`` whose replies are scripted.
+
+    ``responder`` is a callable ``(ChatRequest) -> str | Reply``, or a mapping model name ->
+    responder (key ``"*"`` is the fallback; unknown models get a 404 ``model_not_found``),
+    or ``None`` for :func:`echo_responder`. ``latency`` is added to every request;
+    ``faults`` (and the ``fail_first_n`` shortcut) inject errors before the responder runs.
+    Every chat request is recorded in :attr:`requests`; :attr:`peak_in_flight` is the
+    highest number of chat requests being served at the same time.
+
+    By default every response carries ``Connection: close``: with hundreds of concurrent
+    calls, idle keep-alive connections make the *client's* httpx pool re-probe each of them
+    on every request (quadratic work, ~0.2-0.5 s per 256-wide fan-out on a small machine),
+    which would pollute benchmarks. ``keep_alive=True`` gives real-server HTTP/1.1
+    keep-alive (chunked SSE, connection reuse) instead.
+    ``truncate_at_max_tokens`` cuts replies at ``max_tokens * 4`` chars (finish "length").
+    """
+
+    def __init__(
+        self,
+        responder: Responder | Mapping[str, Responder] | None = None,
+        *,
+        latency: float = 0.0,
+        faults: Sequence[Fault] = (),
+        fail_first_n: int = 0,
+        fail_status: int = 500,
+        fail_model: str | None = None,
+        truncate_at_max_tokens: bool = False,
+        keep_alive: bool = False,
+        models: Sequence[str] | None = None,
+        host: str = DEFAULT_HOST,
+        port: int = 0,
+    ) -> None:
+        self._responders: Mapping[str, Responder] = (
+            dict(responder)
+            if isinstance(responder, Mapping)
+            else {FALLBACK_MODEL_KEY: responder or echo_responder}
+        )
+        self.latency = latency
+        self.truncate_at_max_tokens = truncate_at_max_tokens
+        self.keep_alive = keep_alive
+        self._faults = list(faults)
+        if fail_first_n:
+            reply = Reply.rate_limited() if fail_status == 429 else Reply.server_error(fail_status)
+            self._faults.append(Fault(reply=reply, model=fail_model, first_n=fail_first_n))
+        self._models = list(models or [k for k in self._responders if k != FALLBACK_MODEL_KEY])
+        self._address = (host, port)
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._requests: list[ChatRequest] = []
+        self._responses: list[RecordedResponse] = []
+        self._errors: list[BaseException] = []
+        self._per_model: dict[str, int] = {}
+        self._in_flight = 0
+        self._peak_in_flight = 0
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ constructors
+
+    @classmethod
+    def from_replies(
+        cls,
+        replies: Sequence[str | Reply] | Mapping[str, Sequence[str | Reply]],
+        *,
+        cycle: bool = False,
+        **kwargs: Any,
+    ) -> ScriptedOpenAIServer:
+        """Serve ``replies`` in order: one queue, or one queue per model name (a mapping)."""
+        if isinstance(replies, Mapping):
+            per_model = {m: replies_responder(r, cycle=cycle) for m, r in replies.items()}
+            return cls(per_model, **kwargs)
+        return cls(replies_responder(replies, cycle=cycle), **kwargs)
+
+    @classmethod
+    def from_rules(
+        cls,
+        rules: Sequence[tuple[Any, str | Reply | Responder]],
+        *,
+        default: str | Reply | Responder | None = None,
+        match_on: Literal["last", "all"] = "last",
+        **kwargs: Any,
+    ) -> ScriptedOpenAIServer:
+        """Answer with the first matching rule; see :func:`rules_responder`."""
+        return cls(rules_responder(rules, default=default, match_on=match_on), **kwargs)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> ScriptedOpenAIServer:
+        """Bind (port 0 = a free port) and serve in a background daemon thread."""
+        if self._httpd is not None:
+            raise RuntimeError("ScriptedOpenAIServer is already started")
+        self._closing.clear()
+        self._httpd = _HTTPServer(self._address, self)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": SERVE_POLL_INTERVAL},
+            name=f"ScriptedOpenAIServer:{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop serving, end hanging/sleeping requests and live connections, join threads."""
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        self._closing.set()
+        httpd.shutdown()
+        httpd.close_connections(THREAD_JOIN_TIMEOUT)
+        httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(THREAD_JOIN_TIMEOUT)
+            self._thread = None
+
+    def __enter__(self) -> ScriptedOpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ addresses
+
+    @property
+    def port(self) -> int:
+        """The bound port (only valid once started)."""
+        if self._httpd is None:
+            raise RuntimeError("ScriptedOpenAIServer is not started")
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT`` (no ``/v1``)."""
+        return f"http://{self._address[0]}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI ``base_url``: ``http://127.0.0.1:PORT/v1``."""
+        return f"{self.url}/v1"
+
+    def chat_model(self, model: str = DEFAULT_MODEL_NAME, **kwargs: Any) -> ChatOpenAI:
+        """A ``ChatOpenAI`` pointed at this server.
+
+        Defaults (overridable via ``kwargs``): ``api_key="test"``, ``max_retries=0``,
+        ``stream_usage=True``, ``timeout=30``.
+        """
+        from langchain_openai import ChatOpenAI
+
+        kwargs.setdefault("api_key", DEFAULT_API_KEY)
+        kwargs.setdefault("max_retries", 0)
+        kwargs.setdefault("stream_usage", True)
+        kwargs.setdefault("timeout", DEFAULT_CLIENT_TIMEOUT)
+        return ChatOpenAI(model=model, base_url=self.base_url, **kwargs)
+
+    # ------------------------------------------------------------------ recordings
+
+    @property
+    def requests(self) -> list[ChatRequest]:
+        """A snapshot of every chat request received, in arrival order."""
+        with self._lock:
+            return list(self._requests)
+
+    def requests_for(self, model: str) -> list[ChatRequest]:
+        """The recorded requests for one model name."""
+        return [r for r in self.requests if r.model == model]
+
+    @property
+    def request_count(self) -> int:
+        """Number of chat requests received."""
+        with self._lock:
+            return len(self._requests)
+
+    @property
+    def responses(self) -> list[RecordedResponse]:
+        """A snapshot of what was sent back, in completion order (hung requests excluded)."""
+        with self._lock:
+            return list(self._responses)
+
+    @property
+    def errors(self) -> list[BaseException]:
+        """Exceptions raised by responders (each was answered with HTTP 500)."""
+        with self._lock:
+            return list(self._errors)
+
+    @property
+    def in_flight(self) -> int:
+        """Chat requests currently being served."""
+        with self._lock:
+            return self._in_flight
+
+    @property
+    def peak_in_flight(self) -> int:
+        """The highest number of chat requests served at the same time."""
+        with self._lock:
+            return self._peak_in_flight
+
+    def reset_stats(self) -> None:
+        """Forget recorded requests/responses/errors and the in-flight peak."""
+        with self._lock:
+            self._requests.clear()
+            self._responses.clear()
+            self._errors.clear()
+            self._per_model.clear()
+            self._peak_in_flight = self._in_flight
+
+    def models_payload(self) -> dict[str, Any]:
+        """The ``GET /v1/models`` body."""
+        names = self._models or [DEFAULT_MODEL_NAME]
+        data = [
+            {"id": n, "object": "model", "created": CREATED_TIMESTAMP, "owned_by": "scripted"}
+            for n in names
+        ]
+        return {"object": "list", "data": data}
+
+    # ------------------------------------------------------------------ request handling
+
+    def handle_chat(self, handler: _Handler) -> None:
+        """Serve one ``POST /v1/chat/completions`` (called on the connection's thread)."""
+        self._enter()
+        try:
+            self._serve_chat(handler)
+        except (BrokenPipeError, ConnectionResetError):
+            handler.close_connection = True
+        finally:
+            self._leave()
+
+    def _enter(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    def _serve_chat(self, handler: _Handler) -> None:
+        try:
+            raw = json.loads(handler.read_body() or b"null")
+            if not isinstance(raw, dict) or not isinstance(raw.get("messages"), list):
+                raise ValueError("body must be a JSON object with a 'messages' list")
+        except ValueError as exc:
+            handler.send_json(400, _error_body(400, f"Invalid request body: {exc}"))
+            return
+        request = self._record_request(raw, dict(handler.headers.items()))
+        reply = self._reply_for(request)
+        if not self._wait(handler, self.latency + reply.latency):
+            return
+        if reply.hang:
+            self._hang(handler)
+        elif reply.is_error:
+            self._send_error(handler, request, reply)
+        else:
+            self._send_completion(handler, request, reply)
+
+    def _record_request(self, raw: dict[str, Any], headers: dict[str, str]) -> ChatRequest:
+        model = str(raw.get("model") or "")
+        messages = tuple(
+            ChatMessage(str(m.get("role", "")), _content_text(m.get("content")), m)
+            for m in raw["messages"]
+            if isinstance(m, dict)
+        )
+        max_tokens = raw.get("max_completion_tokens", raw.get("max_tokens"))
+        stream_options = raw.get("stream_options") or {}
+        with self._lock:
+            request = ChatRequest(
+                model=model,
+                messages=messages,
+                stop=_normalise_stop(raw.get("stop")),
+                max_tokens=int(max_tokens) if max_tokens is not None else None,
+                stream=bool(raw.get("stream")),
+                include_usage=bool(stream_options.get("include_usage")),
+                index=len(self._requests),
+                model_index=self._per_model.get(model, 0),
+                raw=raw,
+                headers=headers,
+                received_at=time.monotonic(),
+            )
+            self._per_model[model] = request.model_index + 1
+            self._requests.append(request)
+        return request
+
+    def _reply_for(self, request: ChatRequest) -> Reply:
+        for fault in self._faults:
+            if (injected := fault.take(request)) is not None:
+                return injected
+        responder = self._responders.get(request.model) or self._responders.get(FALLBACK_MODEL_KEY)
+        if responder is None:
+            message = f"The model `{request.model}` does not exist (scripted server)."
+            return Reply.error(404, message, code="model_not_found")
+        try:
+            result = responder(request)
+        except Exception as exc:
+            with self._lock:
+                self._errors.append(exc)
+            return Reply.error(500, f"{type(exc).__name__}: {exc}", retry_after=None)
+        return Reply(content=result) if isinstance(result, str) else result
+
+    def _wait(self, handler: _Handler, seconds: float) -> bool:
+        """Sleep ``seconds`` (interrupted by ``close()``); False if the server is closing."""
+        if seconds > 0 and self._closing.wait(seconds):
+            handler.close_connection = True
+            return False
+        return not self._closing.is_set()
+
+    def _hang(self, handler: _Handler) -> None:
+        """Never answer: wait until the client disconnects or the server closes."""
+        while not self._closing.wait(HANG_POLL_INTERVAL):
+            if handler.peer_closed():
+                break
+        handler.close_connection = True
+
+    def _send_error(self, handler: _Handler, request: ChatRequest, reply: Reply) -> None:
+        body = reply.error_body or _error_body(reply.status, f"Scripted error {reply.status}")
+        handler.send_json(reply.status, body, reply.headers)
+        self._record_response(RecordedResponse(request.index, request.model, reply.status))
+
+    def _send_completion(self, handler: _Handler, request: ChatRequest, reply: Reply) -> None:
+        content, finish_reason = self._final_content(request, reply)
+        prompt_tokens = (
+            reply.prompt_tokens
+            if reply.prompt_tokens is not None
+            else sum(estimate_tokens(m.content) for m in request.messages)
+        )
+        completion_tokens = (
+            reply.completion_tokens
+            if reply.completion_tokens is not None
+            else estimate_tokens(content)
+        )
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        completion_id = f"chatcmpl-scripted-{request.index}"
+        if request.stream:
+            self._stream(handler, request, completion_id, content, finish_reason, usage)
+        else:
+            handler.send_json(
+                200,
+                _completion_payload(request.model, completion_id, content, finish_reason, usage),
+                reply.headers,
+            )
+        recorded = RecordedResponse(
+            request.index,
+            request.model,
+            200,
+            content,
+            finish_reason,
+            prompt_tokens,
+            completion_tokens,
+            request.stream,
+        )
+        self._record_response(recorded)
+
+    def _final_content(self, request: ChatRequest, reply: Reply) -> tuple[str, str]:
+        """Apply stop sequences (and optionally ``max_tokens``); pick the finish reason."""
+        content, stopped = apply_stop(reply.content, request.stop)
+        truncated = False
+        if self.truncate_at_max_tokens and request.max_tokens is not None:
+            limit = request.max_tokens * CHARS_PER_TOKEN
+            truncated = len(content) > limit
+            content = content[:limit]
+        default_reason = "length" if truncated and not stopped else "stop"
+        return content, reply.finish_reason or default_reason
+
+    def _stream(
+        self,
+        handler: _Handler,
+        request: ChatRequest,
+        completion_id: str,
+        content: str,
+        finish_reason: str,
+        usage: dict[str, int],
+    ) -> None:
+        def chunk(delta: dict[str, Any], reason: str | None) -> str:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+            return json.dumps(_chunk_payload(request.model, completion_id, [choice]))
+
+        handler.start_sse()
+        handler.send_sse(chunk({"role": "assistant", "content": "", "refusal": None}, None))
+        for start in range(0, len(content), STREAM_CHUNK_CHARS):
+            handler.send_sse(chunk({"content": content[start : start + STREAM_CHUNK_CHARS]}, None))
+        handler.send_sse(chunk({}, finish_reason))
+        if request.include_usage:
+            payload = _chunk_payload(request.model, completion_id, [])
+            handler.send_sse(json.dumps({**payload, "usage": usage}))
+        handler.end_sse()
+
+    def _record_response(self, response: RecordedResponse) -> None:
+        with self._lock:
+            self._responses.append(response)
+
+
+def _completion_payload(
+    model: str, completion_id: str, content: str, finish_reason: str, usage: dict[str, int]
+) -> dict[str, Any]:
+    message = {"role": "assistant", "content": content, "refusal": None}
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": CREATED_TIMESTAMP,
+        "model": model,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+        "choices": [
+            {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+        ],
+        "usage": usage,
+    }
+
+
+def _chunk_payload(model: str, completion_id: str, choices: list[Any]) -> dict[str, Any]:
+    return {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": CREATED_TIMESTAMP,
+        "model": model,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+        "choices": choices,
+    }

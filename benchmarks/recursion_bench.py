@@ -1,0 +1,287 @@
+"""Recursion-at-scale benchmarks (issue 4): fan-out, per-iteration overhead, first-prompt
+size, peak memory. Each prints its ratios side by side; results go to
+``benchmarks/RESULTS_recursion.md``.
+
+Every model here is a FAKE: ``ScriptedChatModel`` in process, or ``ChatOpenAI`` talking HTTP
+to the scripted loopback server ``ScriptedOpenAIServer`` (the real client path; replies are
+canned and latency is injected by the server).
+
+Usage::
+
+    PYTHONPATH=. python benchmarks/recursion_bench.py all
+    PYTHONPATH=. python benchmarks/recursion_bench.py fanout [--sizes 64 256] [--concurrency 16 64 256]
+    PYTHONPATH=. python benchmarks/recursion_bench.py overhead | prompt | memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from langchain_rlm import RLM, CodeEvent
+from langchain_rlm.sandbox.base import HostFunction, PythonExecutor, SandboxLimits
+from langchain_rlm.sandbox.process import ProcessSandbox
+from langchain_rlm.testing import ScriptedChatModel, ScriptedOpenAIServer
+from langchain_rlm.testing.openai_server import ChatRequest, Reply
+
+SUB_LATENCY = 0.3
+"""Seconds every fan-out sub-call takes on the scripted server."""
+FANOUT_TARGET = 1.15
+OVERHEAD_TARGET_MS = 5.0
+PROMPT_TARGET_CHARS = 8_000
+OVERHEAD_ITERATIONS = 21
+MB = 1_000_000
+LINE = "2024-05-01 12:00:00 INFO request served in 12 ms by worker 7 for user 12345\n"
+
+
+def _context(size: int) -> str:
+    """A log-like string context of ``size`` characters."""
+    return (LINE * (size // len(LINE) + 1))[:size]
+
+
+def _repl(code: str) -> str:
+    return f"```repl\n{code.strip()}\n```"
+
+
+def _sandbox() -> ProcessSandbox:
+    """The default, confined process sandbox (``get_sandbox`` may still map to local)."""
+    return ProcessSandbox()
+
+
+# -- (a) fan-out ---------------------------------------------------------------------------
+def _fanout_server(size: int) -> ScriptedOpenAIServer:
+    code = _repl(f"out = llm_query_batched([f'part {{i}}' for i in range({size})])\nFINAL(str(len(out)))")
+
+    def sub(request: ChatRequest) -> Reply:
+        return Reply(content="ok", latency=SUB_LATENCY)
+
+    return ScriptedOpenAIServer({"root": lambda r: code, "sub": sub}).start()
+
+
+def _fanout_once(size: int, concurrency: int, mode: str) -> tuple[float, float, int]:
+    """(batch step seconds, end-to-end seconds, server peak in flight) for one run."""
+    server = _fanout_server(size)
+    try:
+        rlm = RLM(
+            server.chat_model("root"),
+            server.chat_model("sub"),
+            max_concurrency=concurrency,
+            sandbox=_sandbox(),
+        )
+        data = {"query": "count", "context": "x"}
+        started = time.perf_counter()
+        result = rlm.invoke(data) if mode == "sync" else asyncio.run(rlm.ainvoke(data))
+        wall = time.perf_counter() - started
+        assert result.answer == str(size), result.answer
+        assert len(server.requests_for("sub")) == size
+        return result.repl_history[0].seconds, wall, server.peak_in_flight
+    finally:
+        server.close()
+
+
+def bench_fanout(sizes: list[int], concurrencies: list[int]) -> None:
+    print(f"\n(a) fan-out through ChatOpenAI, sub-call latency {SUB_LATENCY * 1000:.0f} ms")
+    print("    ratio = measured / (ceil(N / concurrency) x latency); target <= "
+          f"{FANOUT_TARGET}")
+    print(f"{'N':>5} {'conc':>5} {'mode':>5} {'ideal s':>8} {'step s':>8} {'step ratio':>10} "
+          f"{'e2e s':>7} {'e2e ratio':>9} {'peak':>5}")
+    _fanout_once(4, 4, "sync")  # warm-up: imports, first worker spawn
+    for size in sizes:
+        for concurrency in concurrencies:
+            if concurrency > size:
+                continue
+            ideal = math.ceil(size / concurrency) * SUB_LATENCY
+            for mode in ("sync", "async"):
+                step, wall, peak = _fanout_once(size, concurrency, mode)
+                print(f"{size:>5} {concurrency:>5} {mode:>5} {ideal:>8.2f} {step:>8.3f} "
+                      f"{step / ideal:>10.3f} {wall:>7.3f} {wall / ideal:>9.3f} {peak:>5}")
+
+
+# -- (b) overhead per root iteration ---------------------------------------------------------
+def _iteration_intervals(rlm: RLM, context: str) -> tuple[list[float], float]:
+    """Seconds between consecutive root turns (model call + execute + routing), and setup."""
+    stamps: list[float] = []
+    started = time.perf_counter()
+    for event in rlm.stream({"query": "loop", "context": context}):
+        if isinstance(event, CodeEvent):
+            stamps.append(time.perf_counter())
+    setup = stamps[0] - started
+    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)], setup
+
+
+def _loop_replies() -> list[str]:
+    step = _repl("x = len(context)\nprint(x)")
+    return [step] * (OVERHEAD_ITERATIONS - 1) + [_repl("FINAL(str(x))")]
+
+
+def _bare_call_ms(server: ScriptedOpenAIServer, repeats: int = 50) -> float:
+    model = server.chat_model("bare")
+    model.invoke("warm up")
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        model.invoke("ping")
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def bench_overhead(sizes: list[int]) -> None:
+    print("\n(b) framework overhead per root iteration (median of "
+          f"{OVERHEAD_ITERATIONS - 1} intervals; zero-latency model; process sandbox)")
+    print("    one interval = root call + parse + execute (one trivial cell) + check_final; "
+          f"target <= {OVERHEAD_TARGET_MS} ms")
+    print(f"{'context':>8} {'model':>22} {'median ms':>10} {'p90 ms':>8} {'bare call ms':>13} "
+          f"{'median - bare':>14} {'first turn s':>12}")
+    for size in sizes:
+        context = _context(size)
+        # in-process FAKE model
+        root = ScriptedChatModel(replies=_loop_replies(), model="root")
+        intervals, setup = _iteration_intervals(RLM(root, sandbox=_sandbox()), context)
+        _print_overhead(size, "fake (in-process)", intervals, None, setup)
+        # the same through ChatOpenAI and HTTP
+        replies = iter(_loop_replies())
+        wire = ScriptedOpenAIServer({"root": lambda r: next(replies), "bare": lambda r: "pong"})
+        wire.start()
+        try:
+            bare = _bare_call_ms(wire)
+            intervals, setup = _iteration_intervals(
+                RLM(wire.chat_model("root"), sandbox=_sandbox()), context
+            )
+            _print_overhead(size, "ChatOpenAI (loopback)", intervals, bare, setup)
+        finally:
+            wire.close()
+
+
+def _print_overhead(
+    size: int, label: str, intervals: list[float], bare: float | None, setup: float
+) -> None:
+    ms = sorted(i * 1000 for i in intervals)
+    median = statistics.median(ms)
+    p90 = ms[int(0.9 * (len(ms) - 1))]
+    bare_text = f"{bare:>13.2f}" if bare is not None else f"{'-':>13}"
+    net = f"{median - bare:>14.2f}" if bare is not None else f"{'-':>14}"
+    print(f"{size // MB:>6}MB {label:>22} {median:>10.2f} {p90:>8.2f} {bare_text} {net} "
+          f"{setup:>12.3f}")
+
+
+# -- (c) first root prompt size ----------------------------------------------------------------
+def bench_prompt(sizes: list[int]) -> None:
+    print(f"\n(c) first root prompt (all messages of the first call), target <= "
+          f"{PROMPT_TARGET_CHARS:,} chars, flat")
+    print(f"{'context':>12} {'kind':>6} {'prompt chars':>13}")
+    for size in sizes:
+        for kind in ("str", "list"):
+            text = _context(size)
+            context: Any = text
+            if kind == "list":
+                chunk = max(1, size // 1000)
+                context = [text[i : i + chunk] for i in range(0, size, chunk)]
+            root = ScriptedChatModel(replies=["FINAL(x)"], model="root")
+            RLM(root, sandbox=_sandbox()).invoke({"query": "What happened?", "context": context})
+            chars = sum(len(str(m.content)) for m in root.calls[0].messages)
+            print(f"{size:>12,} {kind:>6} {chars:>13,}")
+
+
+# -- (d) peak memory ----------------------------------------------------------------------------
+class _MeasuringSandbox:
+    """The process sandbox; reads each worker's peak RSS (VmHWM) before it is closed."""
+
+    name = "process"
+
+    def __init__(self) -> None:
+        self.inner = ProcessSandbox()
+        self.worker_peaks_kb: list[int] = []
+
+    def start(
+        self, context: Any, functions: Mapping[str, HostFunction], limits: SandboxLimits | None = None
+    ) -> PythonExecutor:
+        session = self.inner.start(context, functions, limits)
+        original_close = session.close
+        peaks = self.worker_peaks_kb
+
+        def close() -> None:
+            pid = session.pid
+            if pid is not None:
+                peaks.append(_vm_hwm_kb(pid))
+            original_close()
+
+        session.close = close  # type: ignore[method-assign]
+        return session
+
+
+def _vm_hwm_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _memory_child(size: int, run: bool) -> None:
+    """Runs in a fresh interpreter; prints host and worker peaks in kB."""
+    context = _context(size)
+    worker = 0
+    if run:
+        code = _repl("n = context.count('INFO')\nparts = [context[i:i+1000] for i in range(0, 5000, 1000)]\nFINAL(str(n))")
+        root = ScriptedChatModel(replies=[code], model="root")
+        sandbox = _MeasuringSandbox()
+        result = RLM(root, sandbox=sandbox).invoke({"query": "count", "context": context})
+        assert int(result.answer) > 0
+        worker = max(sandbox.worker_peaks_kb)
+    host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"{host} {worker}")
+
+
+def bench_memory(size: int) -> None:
+    print(f"\n(d) peak memory with a {size // MB} MB str context (fresh interpreter per row)")
+    rows = {}
+    for run in (False, True):
+        out = subprocess.run(
+            [sys.executable, __file__, "_memory_child", str(size), "1" if run else "0"],
+            capture_output=True, text=True, check=True, env={**os.environ},
+        ).stdout.split()
+        rows[run] = (int(out[-2]) / 1024, int(out[-1]) / 1024)
+    base, _ = rows[False]
+    host, worker = rows[True]
+    mb = size / 2**20
+    print(f"    context size                         {mb:8.1f} MiB")
+    print(f"    host peak RSS, context built only    {base:8.1f} MiB")
+    print(f"    host peak RSS, after an RLM run      {host:8.1f} MiB  (+{host - base:.1f} MiB, "
+          f"{host / mb:.2f}x context)")
+    print(f"    sandbox worker peak RSS (VmHWM)      {worker:8.1f} MiB  ({worker / mb:.2f}x context)")
+    print(f"    host + worker                        {host + worker:8.1f} MiB  "
+          f"({(host + worker) / mb:.2f}x context)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("what", choices=["all", "fanout", "overhead", "prompt", "memory", "_memory_child"])
+    parser.add_argument("args", nargs="*")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64, 256])
+    options = parser.parse_args()
+    if options.what == "_memory_child":
+        _memory_child(int(options.args[0]), options.args[1] == "1")
+        return
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    if options.what in ("all", "fanout"):
+        bench_fanout(options.sizes, options.concurrency)
+    if options.what in ("all", "overhead"):
+        bench_overhead([1 * MB, 100 * MB])
+    if options.what in ("all", "prompt"):
+        bench_prompt([10_000, 100_000, MB, 10 * MB, 100 * MB])
+    if options.what in ("all", "memory"):
+        bench_memory(100 * MB)
+
+
+if __name__ == "__main__":
+    main()

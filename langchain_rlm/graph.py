@@ -239,7 +239,7 @@ def route_after_generate(state: RLMState) -> Literal["execute", "check_final"]:
 def route_after_check(state: RLMState) -> Literal["generate_code", "finalize", "__end__"]:
     _annotate_run(ensure_config(), iteration=state.get("iteration", 0))
     if state.get("answer") is not None:
-        return END
+        return "__end__"  # END, spelled as the Literal the graph drawing reads
     if state.get("finished_reason"):
         return "finalize"
     return "generate_code"
@@ -267,11 +267,11 @@ def build_rlm_graph(
     builder: StateGraph[RLMState, RLMRuntime, RLMState, RLMState] = StateGraph(
         RLMState, context_schema=context_schema
     )
-    builder.add_node("prepare", prepare)
-    builder.add_node("generate_code", generate_code)
-    builder.add_node("execute", execute)
-    builder.add_node("check_final", check_final)
-    builder.add_node("finalize", finalize)
+    builder.add_node("prepare", prepare)  # type: ignore[call-overload]
+    builder.add_node("generate_code", generate_code)  # type: ignore[call-overload]
+    builder.add_node("execute", execute)  # type: ignore[call-overload]
+    builder.add_node("check_final", check_final)  # type: ignore[call-overload]
+    builder.add_node("finalize", finalize)  # type: ignore[call-overload]
     builder.add_edge(START, "prepare")
     builder.add_edge("prepare", "generate_code")
     builder.add_conditional_edges("generate_code", route_after_generate)

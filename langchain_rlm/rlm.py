@@ -7,7 +7,7 @@ import contextlib
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, ensure_config
@@ -216,9 +216,9 @@ class RLM(Runnable[dict[str, Any], RLMResult]):
             self._finish(runtime, thread_id)
         return RLMResult.from_state(state, runtime.meter.snapshot(), thread_id=thread_id)
 
-    def stream(
+    def stream(  # type: ignore[override]
         self, input: Mapping[str, Any], config: RunnableConfig | None = None, **kwargs: Any
-    ) -> Iterator[RLMEvent]:  # type: ignore[override]
+    ) -> Iterator[RLMEvent]:
         """Yield step events as they happen; the last is an AnswerEvent with the result."""
         config, runtime, query, thread_id = self._start(input, config)
         state: dict[str, Any] = {}
@@ -227,16 +227,16 @@ class RLM(Runnable[dict[str, Any], RLMResult]):
                 {"query": query}, config, context=runtime, stream_mode=["custom", "values"]
             ):
                 if mode == "values":
-                    state = chunk
+                    state = cast(dict[str, Any], chunk)
                 elif _forward(chunk):
-                    yield to_event(chunk)
+                    yield to_event(cast(dict[str, Any], chunk))
         finally:
             self._finish(runtime, thread_id)
         yield _answer_event(state, runtime, thread_id)
 
-    async def astream(
+    async def astream(  # type: ignore[override]
         self, input: Mapping[str, Any], config: RunnableConfig | None = None, **kwargs: Any
-    ) -> AsyncIterator[RLMEvent]:  # type: ignore[override]
+    ) -> AsyncIterator[RLMEvent]:
         """Async :meth:`stream`."""
         config, runtime, query, thread_id = self._start(input, config)
         runtime.loop = asyncio.get_running_loop()
@@ -246,9 +246,9 @@ class RLM(Runnable[dict[str, Any], RLMResult]):
                 {"query": query}, config, context=runtime, stream_mode=["custom", "values"]
             ):
                 if mode == "values":
-                    state = chunk
+                    state = cast(dict[str, Any], chunk)
                 elif _forward(chunk):
-                    yield to_event(chunk)
+                    yield to_event(cast(dict[str, Any], chunk))
         except asyncio.CancelledError:
             await _cancel(runtime)
             raise

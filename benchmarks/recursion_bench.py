@@ -17,35 +17,42 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import math
+import multiprocessing
 import os
+import re
 import resource
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+from pydantic import SecretStr
 
 from langchain_rlm import RLM, CodeEvent
 from langchain_rlm.sandbox.base import HostFunction, PythonExecutor, SandboxLimits
 from langchain_rlm.sandbox.process import ProcessSandbox
 from langchain_rlm.testing import ScriptedChatModel, ScriptedOpenAIServer
-from langchain_rlm.testing.openai_server import ChatRequest, Reply
+from langchain_rlm.testing.openai_server import ChatRequest, Reply, replies_responder
 
 SUB_LATENCY = 0.3
 """Seconds every fan-out sub-call takes on the scripted server."""
 FANOUT_TARGET = 1.15
 OVERHEAD_TARGET_MS = 5.0
 PROMPT_TARGET_CHARS = 8_000
-OVERHEAD_ITERATIONS = 21
+OVERHEAD_ITERATIONS = 41
 MB = 1_000_000
 LINE = "2024-05-01 12:00:00 INFO request served in 12 ms by worker 7 for user 12345\n"
 
 
 def _context(size: int) -> str:
-    """A log-like string context of ``size`` characters."""
-    return (LINE * (size // len(LINE) + 1))[:size]
+    """A log-like string context of about ``size`` characters (whole lines, built in one
+    allocation so that building it does not dominate the peak-memory figures)."""
+    return LINE * max(1, size // len(LINE))
 
 
 def _repl(code: str) -> str:
@@ -58,52 +65,121 @@ def _sandbox() -> ProcessSandbox:
 
 
 # -- (a) fan-out ---------------------------------------------------------------------------
-def _fanout_server(size: int) -> ScriptedOpenAIServer:
-    code = _repl(f"out = llm_query_batched([f'part {{i}}' for i in range({size})])\nFINAL(str(len(out)))")
-
-    def sub(request: ChatRequest) -> Reply:
-        return Reply(content="ok", latency=SUB_LATENCY)
-
-    return ScriptedOpenAIServer({"root": lambda r: code, "sub": sub}).start()
+def _fanout_root(request: ChatRequest) -> str:
+    size = int(re.search(r"fanout=(\d+)", request.prompt_text)[1])  # type: ignore[index]
+    return _repl(
+        f"out = llm_query_batched([f'part {{i}}' for i in range({size})])\nFINAL(str(len(out)))"
+    )
 
 
-def _fanout_once(size: int, concurrency: int, mode: str) -> tuple[float, float, int]:
-    """(batch step seconds, end-to-end seconds, server peak in flight) for one run."""
-    server = _fanout_server(size)
-    try:
-        rlm = RLM(
-            server.chat_model("root"),
-            server.chat_model("sub"),
-            max_concurrency=concurrency,
-            sandbox=_sandbox(),
+def _fanout_sub(request: ChatRequest) -> Reply:
+    return Reply(content="ok", latency=SUB_LATENCY)
+
+
+def _serve(conn: Any) -> None:
+    """Child process: the scripted server, so its CPU does not share the client's GIL."""
+    server = ScriptedOpenAIServer({"root": _fanout_root, "sub": _fanout_sub}).start()
+    conn.send(server.port)
+    conn.recv()
+    server.close()
+
+
+class _RemoteServer:
+    """The scripted server in a forked process (a real provider is not in our process)."""
+
+    def __enter__(self) -> _RemoteServer:
+        self.conn, child = multiprocessing.Pipe()
+        self.process = multiprocessing.get_context("fork").Process(
+            target=_serve, args=(child,), daemon=True
         )
-        data = {"query": "count", "context": "x"}
-        started = time.perf_counter()
-        result = rlm.invoke(data) if mode == "sync" else asyncio.run(rlm.ainvoke(data))
-        wall = time.perf_counter() - started
-        assert result.answer == str(size), result.answer
-        assert len(server.requests_for("sub")) == size
-        return result.repl_history[0].seconds, wall, server.peak_in_flight
-    finally:
-        server.close()
+        self.process.start()
+        self.port = self.conn.recv()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.conn.send("stop")
+        self.process.join(5)
+
+    def chat_model(self, model: str) -> Any:
+        from langchain_openai import ChatOpenAI
+
+        return ChatOpenAI(
+            model=model,
+            base_url=f"http://127.0.0.1:{self.port}/v1",
+            api_key=SecretStr("x"),
+            max_retries=0,
+        )
+
+
+def _fanout_rlm(
+    server: _RemoteServer, size: int, concurrency: int, mode: str
+) -> tuple[float, float]:
+    """(batch step seconds, end-to-end seconds) of one RLM run with one batch."""
+    rlm = RLM(
+        server.chat_model("root"),
+        server.chat_model("sub"),
+        max_concurrency=concurrency,
+        sandbox=_sandbox(),
+    )
+    data = {"query": f"fanout={size}", "context": "x"}
+    started = time.perf_counter()
+    result = rlm.invoke(data) if mode == "sync" else asyncio.run(rlm.ainvoke(data))
+    wall = time.perf_counter() - started
+    assert result.answer == str(size), result.answer
+    assert result.sub_calls == size
+    return result.repl_history[0].seconds, wall
+
+
+def _fanout_bare(server: _RemoteServer, size: int, concurrency: int, mode: str) -> float:
+    """The same batch with ChatOpenAI alone (no RLM): the client's own floor."""
+    model = server.chat_model("sub")
+    started = time.perf_counter()
+    if mode == "sync":
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(lambda i: model.invoke(f"part {i}"), range(size)))
+    else:
+
+        async def run() -> None:
+            semaphore = asyncio.Semaphore(concurrency)
+
+            async def one(i: int) -> None:
+                async with semaphore:
+                    await model.ainvoke(f"part {i}")
+
+            await asyncio.gather(*(one(i) for i in range(size)))
+
+        asyncio.run(run())
+    return time.perf_counter() - started
 
 
 def bench_fanout(sizes: list[int], concurrencies: list[int]) -> None:
-    print(f"\n(a) fan-out through ChatOpenAI, sub-call latency {SUB_LATENCY * 1000:.0f} ms")
-    print("    ratio = measured / (ceil(N / concurrency) x latency); target <= "
-          f"{FANOUT_TARGET}")
-    print(f"{'N':>5} {'conc':>5} {'mode':>5} {'ideal s':>8} {'step s':>8} {'step ratio':>10} "
-          f"{'e2e s':>7} {'e2e ratio':>9} {'peak':>5}")
-    _fanout_once(4, 4, "sync")  # warm-up: imports, first worker spawn
-    for size in sizes:
-        for concurrency in concurrencies:
-            if concurrency > size:
-                continue
-            ideal = math.ceil(size / concurrency) * SUB_LATENCY
-            for mode in ("sync", "async"):
-                step, wall, peak = _fanout_once(size, concurrency, mode)
-                print(f"{size:>5} {concurrency:>5} {mode:>5} {ideal:>8.2f} {step:>8.3f} "
-                      f"{step / ideal:>10.3f} {wall:>7.3f} {wall / ideal:>9.3f} {peak:>5}")
+    print(
+        f"\n(a) fan-out through ChatOpenAI, sub-call latency {SUB_LATENCY * 1000:.0f} ms, "
+        "scripted server in its own process"
+    )
+    print(
+        "    ratio = measured / (ceil(N / concurrency) x latency); target <= "
+        f"{FANOUT_TARGET}; bare = ChatOpenAI alone, same batch, same pool/semaphore"
+    )
+    print(
+        f"{'N':>5} {'conc':>5} {'mode':>5} {'ideal s':>8} {'step s':>8} {'step ratio':>10} "
+        f"{'e2e s':>7} {'e2e ratio':>9} {'bare ratio':>10}"
+    )
+    with _RemoteServer() as server:
+        _fanout_rlm(server, 4, 4, "sync")  # warm-up: imports, first worker spawn
+        for size in sizes:
+            for concurrency in concurrencies:
+                if concurrency > size:
+                    continue
+                ideal = math.ceil(size / concurrency) * SUB_LATENCY
+                for mode in ("sync", "async"):
+                    step, wall = _fanout_rlm(server, size, concurrency, mode)
+                    bare = _fanout_bare(server, size, concurrency, mode)
+                    print(
+                        f"{size:>5} {concurrency:>5} {mode:>5} {ideal:>8.2f} {step:>8.3f} "
+                        f"{step / ideal:>10.3f} {wall:>7.3f} {wall / ideal:>9.3f} "
+                        f"{bare / ideal:>10.3f}"
+                    )
 
 
 # -- (b) overhead per root iteration ---------------------------------------------------------
@@ -115,7 +191,7 @@ def _iteration_intervals(rlm: RLM, context: str) -> tuple[list[float], float]:
         if isinstance(event, CodeEvent):
             stamps.append(time.perf_counter())
     setup = stamps[0] - started
-    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)], setup
+    return [b - a for a, b in itertools.pairwise(stamps)], setup
 
 
 def _loop_replies() -> list[str]:
@@ -135,12 +211,20 @@ def _bare_call_ms(server: ScriptedOpenAIServer, repeats: int = 50) -> float:
 
 
 def bench_overhead(sizes: list[int]) -> None:
-    print("\n(b) framework overhead per root iteration (median of "
-          f"{OVERHEAD_ITERATIONS - 1} intervals; zero-latency model; process sandbox)")
-    print("    one interval = root call + parse + execute (one trivial cell) + check_final; "
-          f"target <= {OVERHEAD_TARGET_MS} ms")
-    print(f"{'context':>8} {'model':>22} {'median ms':>10} {'p90 ms':>8} {'bare call ms':>13} "
-          f"{'median - bare':>14} {'first turn s':>12}")
+    print(
+        "\n(b) framework overhead per root iteration (median of "
+        f"{OVERHEAD_ITERATIONS - 1} intervals; zero-latency model; process sandbox)"
+    )
+    print(
+        "    one interval = root call + parse + execute (one trivial cell) + check_final; "
+        f"target <= {OVERHEAD_TARGET_MS} ms"
+    )
+    print(
+        f"{'context':>8} {'model':>22} {'median ms':>10} {'p90 ms':>8} {'bare call ms':>13} "
+        f"{'median - bare':>14} {'first turn s':>12}"
+    )
+    warm = ScriptedChatModel(replies=_loop_replies(), model="root")
+    _iteration_intervals(RLM(warm, sandbox=_sandbox()), "warm-up")
     for size in sizes:
         context = _context(size)
         # in-process FAKE model
@@ -148,8 +232,9 @@ def bench_overhead(sizes: list[int]) -> None:
         intervals, setup = _iteration_intervals(RLM(root, sandbox=_sandbox()), context)
         _print_overhead(size, "fake (in-process)", intervals, None, setup)
         # the same through ChatOpenAI and HTTP
-        replies = iter(_loop_replies())
-        wire = ScriptedOpenAIServer({"root": lambda r: next(replies), "bare": lambda r: "pong"})
+        wire = ScriptedOpenAIServer(
+            {"root": replies_responder(_loop_replies()), "bare": lambda r: "pong"}
+        )
         wire.start()
         try:
             bare = _bare_call_ms(wire)
@@ -169,14 +254,18 @@ def _print_overhead(
     p90 = ms[int(0.9 * (len(ms) - 1))]
     bare_text = f"{bare:>13.2f}" if bare is not None else f"{'-':>13}"
     net = f"{median - bare:>14.2f}" if bare is not None else f"{'-':>14}"
-    print(f"{size // MB:>6}MB {label:>22} {median:>10.2f} {p90:>8.2f} {bare_text} {net} "
-          f"{setup:>12.3f}")
+    print(
+        f"{size // MB:>6}MB {label:>22} {median:>10.2f} {p90:>8.2f} {bare_text} {net} "
+        f"{setup:>12.3f}"
+    )
 
 
 # -- (c) first root prompt size ----------------------------------------------------------------
 def bench_prompt(sizes: list[int]) -> None:
-    print(f"\n(c) first root prompt (all messages of the first call), target <= "
-          f"{PROMPT_TARGET_CHARS:,} chars, flat")
+    print(
+        f"\n(c) first root prompt (all messages of the first call), target <= "
+        f"{PROMPT_TARGET_CHARS:,} chars, flat"
+    )
     print(f"{'context':>12} {'kind':>6} {'prompt chars':>13}")
     for size in sizes:
         for kind in ("str", "list"):
@@ -202,7 +291,10 @@ class _MeasuringSandbox:
         self.worker_peaks_kb: list[int] = []
 
     def start(
-        self, context: Any, functions: Mapping[str, HostFunction], limits: SandboxLimits | None = None
+        self,
+        context: Any,
+        functions: Mapping[str, HostFunction],
+        limits: SandboxLimits | None = None,
     ) -> PythonExecutor:
         session = self.inner.start(context, functions, limits)
         original_close = session.close
@@ -231,7 +323,9 @@ def _memory_child(size: int, run: bool) -> None:
     context = _context(size)
     worker = 0
     if run:
-        code = _repl("n = context.count('INFO')\nparts = [context[i:i+1000] for i in range(0, 5000, 1000)]\nFINAL(str(n))")
+        code = _repl(
+            "n = context.count('INFO')\nparts = [context[i:i+1000] for i in range(0, 5000, 1000)]\nFINAL(str(n))"
+        )
         root = ScriptedChatModel(replies=[code], model="root")
         sandbox = _MeasuringSandbox()
         result = RLM(root, sandbox=sandbox).invoke({"query": "count", "context": context})
@@ -247,7 +341,10 @@ def bench_memory(size: int) -> None:
     for run in (False, True):
         out = subprocess.run(
             [sys.executable, __file__, "_memory_child", str(size), "1" if run else "0"],
-            capture_output=True, text=True, check=True, env={**os.environ},
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ},
         ).stdout.split()
         rows[run] = (int(out[-2]) / 1024, int(out[-1]) / 1024)
     base, _ = rows[False]
@@ -255,16 +352,24 @@ def bench_memory(size: int) -> None:
     mb = size / 2**20
     print(f"    context size                         {mb:8.1f} MiB")
     print(f"    host peak RSS, context built only    {base:8.1f} MiB")
-    print(f"    host peak RSS, after an RLM run      {host:8.1f} MiB  (+{host - base:.1f} MiB, "
-          f"{host / mb:.2f}x context)")
-    print(f"    sandbox worker peak RSS (VmHWM)      {worker:8.1f} MiB  ({worker / mb:.2f}x context)")
-    print(f"    host + worker                        {host + worker:8.1f} MiB  "
-          f"({(host + worker) / mb:.2f}x context)")
+    print(
+        f"    host peak RSS, after an RLM run      {host:8.1f} MiB  (+{host - base:.1f} MiB, "
+        f"{host / mb:.2f}x context)"
+    )
+    print(
+        f"    sandbox worker peak RSS (VmHWM)      {worker:8.1f} MiB  ({worker / mb:.2f}x context)"
+    )
+    print(
+        f"    host + worker                        {host + worker:8.1f} MiB  "
+        f"({(host + worker) / mb:.2f}x context)"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("what", choices=["all", "fanout", "overhead", "prompt", "memory", "_memory_child"])
+    parser.add_argument(
+        "what", choices=["all", "fanout", "overhead", "prompt", "memory", "_memory_child"]
+    )
     parser.add_argument("args", nargs="*")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64, 256])

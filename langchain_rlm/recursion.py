@@ -15,6 +15,13 @@ sub-prompt size guard and the per-run memo. Batches run concurrently, at most
 ``"ERROR: <reason>"`` instead of failing the batch. While a resumed run replays its
 recorded cells, calls are answered from the records instead of the models.
 
+Under ``invoke`` a batch runs in a bounded pool of context-carrying threads. Under
+``ainvoke`` / ``astream`` (``runtime.loop`` set) the ``execute`` thread hands the batch
+to the caller's event loop (``run_coroutine_threadsafe``), where it runs as
+``model.ainvoke`` calls under a semaphore; the futures are tracked in
+``runtime.in_flight`` so that cancelling the run cancels them and aborts their HTTP
+requests. See ``docs/README_RECURSION.md``.
+
 This module never imports ``graph.py``: the factory arrives through the runtime.
 """
 
@@ -93,7 +100,13 @@ class SubCallRunner:
         return result
 
     def llm_query_batched(self, prompts: Any) -> list[str]:
-        """Concurrent sub-model calls; failed items are ``"ERROR: ..."`` strings."""
+        """Concurrent sub-model calls, at most ``max_concurrency`` at a time, in order.
+
+        A failed item does not fail the batch: it comes back as the string
+        ``"ERROR: <reason>"`` (:data:`ERROR_PREFIX`), the reason written for the model
+        (budget spent, prompt too large, retries exhausted, cancelled...). Bad arguments
+        (not a list of str) raise :class:`HostFunctionError` for the whole call.
+        """
         items = _require_list(prompts, "llm_query_batched(prompts)")
         texts = [_require_str(p, f"llm_query_batched(prompts)[{i}]") for i, p in enumerate(items)]
         return self._run_batch("llm_query", [(text, None) for text in texts], ensure_config())
@@ -107,7 +120,11 @@ class SubCallRunner:
         return result
 
     def recursive_lm_batched(self, queries: Any, context_subsets: Any = None) -> list[str]:
-        """Concurrent ``recursive_lm`` calls, one per (query, subset) pair."""
+        """Concurrent ``recursive_lm`` calls, one per (query, subset) pair, in order.
+
+        Failed items come back as ``"ERROR: <reason>"`` strings, like
+        :meth:`llm_query_batched`; lists of different lengths raise for the whole call.
+        """
         query_list = _require_list(queries, "recursive_lm_batched(queries, context_subsets)")
         subsets = (
             [None] * len(query_list)

@@ -351,6 +351,7 @@ class ProcessExecutor:
         self._lock = threading.RLock()
         self._seq = 0
         self._closed = False
+        self._released = False
         self.max_frame = max(
             MIN_MAX_FRAME_BYTES, 8 * limits.max_captured_output + 8 * limits.max_subcall_chars
         )
@@ -441,6 +442,8 @@ class ProcessExecutor:
 
     def _restart(self) -> None:
         self._kill_worker()
+        if self._closed:  # closed from another thread while a cell ran: stay down
+            raise SandboxStartError("the session was closed")
         self.restarts += 1
         self._start_worker()
 
@@ -453,10 +456,22 @@ class ProcessExecutor:
         return self._worker
 
     def close(self) -> None:
-        """Kill the worker's process group and free the context. Idempotent."""
-        with self._lock:
-            if self._closed:
+        """Kill the worker's process group and free the context. Idempotent.
+
+        Safe to call from another thread while a cell runs (a cancelled run): the worker
+        is killed at once, and the cell returns an error instead of restarting it.
+        """
+        if not self._lock.acquire(blocking=False):
+            self._closed = True
+            worker = self._worker
+            if worker is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(worker.pid, signal.SIGKILL)
+            self._lock.acquire()
+        try:
+            if self._released:
                 return
+            self._released = True
             self._closed = True
             if self._worker is not None:
                 try:
@@ -467,6 +482,8 @@ class ProcessExecutor:
             self._kill_worker()
             self._context.close()
             _live_executors.discard(self)
+        finally:
+            self._lock.release()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):

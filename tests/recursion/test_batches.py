@@ -82,9 +82,7 @@ async def test_failed_item_is_an_error_string_and_the_batch_survives(
 ) -> None:
     """Over the wire: one permanent fault (HTTP 401) fails its item only."""
     code = repl(
-        "out = llm_query_batched(['one', 'bad', 'three'])\n"
-        "print(out)\n"
-        "FINAL(' / '.join(out))"
+        "out = llm_query_batched(['one', 'bad', 'three'])\nprint(out)\nFINAL(' / '.join(out))"
     )
     server = server_factory(
         {
@@ -110,10 +108,7 @@ async def test_failed_item_is_an_error_string_and_the_batch_survives(
 def test_llm_query_raises_a_readable_error_in_model_code() -> None:
     """The single-call form raises (model code can catch it); the run goes on."""
     code = repl(
-        "try:\n"
-        "    llm_query('boom')\n"
-        "except Exception as e:\n"
-        "    FINAL('caught: ' + str(e))"
+        "try:\n    llm_query('boom')\nexcept Exception as e:\n    FINAL('caught: ' + str(e))"
     )
     root = ScriptedChatModel(replies=[code], model="root")
     sub = ScriptedChatModel(
@@ -129,8 +124,7 @@ def test_llm_query_raises_a_readable_error_in_model_code() -> None:
 async def test_recursive_lm_batched_keeps_order_at_the_leaf(entry: str) -> None:
     """At max_depth=1 recursive_lm_batched is a batch of leaf calls over the subsets."""
     code = repl(
-        "out = recursive_lm_batched(['first?', 'second?'], ['AAA', 'BBB'])\n"
-        "FINAL(' '.join(out))"
+        "out = recursive_lm_batched(['first?', 'second?'], ['AAA', 'BBB'])\nFINAL(' '.join(out))"
     )
     root = ScriptedChatModel(replies=[code], model="root")
     sub = ScriptedChatModel(

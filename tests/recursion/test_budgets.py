@@ -84,7 +84,9 @@ def test_max_tokens_overshoot_is_at_most_the_call_in_flight() -> None:
 
 
 def test_max_tokens_overshoot_is_bounded_by_concurrency() -> None:
-    code = repl("answer = 'x'\nout = llm_query_batched([f'prompt {i} ' + 'y' * 200 for i in range(40)])")
+    code = repl(
+        "answer = 'x'\nout = llm_query_batched([f'prompt {i} ' + 'y' * 200 for i in range(40)])"
+    )
     root = ScriptedChatModel(replies=[code], model="root")
     sub = ScriptedChatModel(responder=lambda m: "r", model="sub", latency=0.01)
     budget, concurrency = 2_500, 4
@@ -105,7 +107,8 @@ def test_max_cost_with_a_user_price_table() -> None:
     result = rlm.invoke({"query": "q", "context": "c"})
     assert result.finished_reason == "max_cost"
     one_call = max(
-        (c.input_tokens + c.output_tokens) * 10_000.0 / 1e6 for c in result.repl_history[0].sub_calls
+        (c.input_tokens + c.output_tokens) * 10_000.0 / 1e6
+        for c in result.repl_history[0].sub_calls
     )
     assert 0.5 <= result.total_cost < 0.5 + one_call
     assert result.usage["root"].cost == 0.0

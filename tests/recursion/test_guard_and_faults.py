@@ -71,8 +71,11 @@ async def test_provider_context_length_exceeded_is_an_item_error(
 
 def test_root_context_overflow_after_the_first_turn_finalizes(server_factory) -> None:
     server = server_factory(
-        {"root": lambda r: repl("answer = 'kept'") if r.model_index == 0
-         else Reply.context_length_exceeded()}
+        {
+            "root": lambda r: (
+                repl("answer = 'kept'") if r.model_index == 0 else Reply.context_length_exceeded()
+            )
+        }
     )
     result = RLM(server.chat_model("root"), retry_backoff=FAST_BACKOFF).invoke(
         {"query": "q?", "context": "c"}
@@ -139,10 +142,8 @@ def test_retries_run_out_into_an_item_error(server_factory) -> None:
 
 
 def test_permanent_root_fault_raises_a_clear_error(server_factory) -> None:
-    server = server_factory(
-        {"root": lambda r: Reply.error(404, "The model `root` does not exist")}
-    )
-    with pytest.raises(RLMRootCallError, match="root model failed at depth 0.*404"):
+    server = server_factory({"root": lambda r: Reply.error(404, "The model `root` does not exist")})
+    with pytest.raises(RLMRootCallError, match=r"root model failed at depth 0.*404"):
         RLM(server.chat_model("root"), retry_backoff=FAST_BACKOFF).invoke(
             {"query": "q?", "context": "c"}
         )

@@ -24,10 +24,14 @@ def test_usage_comes_from_reported_usage_metadata(server_factory) -> None:
         {"query": "q?", "context": "c"}
     )
     sent = {r.request_index: r for r in server.responses}
-    root_tokens = [(sent[q.index].prompt_tokens, sent[q.index].completion_tokens)
-                   for q in server.requests_for("root")]
-    sub_tokens = [(sent[q.index].prompt_tokens, sent[q.index].completion_tokens)
-                  for q in server.requests_for("sub")]
+    root_tokens = [
+        (sent[q.index].prompt_tokens, sent[q.index].completion_tokens)
+        for q in server.requests_for("root")
+    ]
+    sub_tokens = [
+        (sent[q.index].prompt_tokens, sent[q.index].completion_tokens)
+        for q in server.requests_for("sub")
+    ]
     assert result.usage["root"].input_tokens == sum(p for p, _ in root_tokens)
     assert result.usage["root"].output_tokens == sum(c for _, c in root_tokens)
     assert result.usage["sub"].input_tokens == sum(p for p, _ in sub_tokens) == 10 + 20
@@ -49,7 +53,9 @@ def test_missing_usage_is_estimated_and_marked() -> None:
     assert usage.estimated is True
     assert (usage.input_tokens, usage.output_tokens) == (-(-41 // CHARS_PER_TOKEN), 3)
     assert result.usage["root"].estimated is False
-    assert result.usage_by_depth[1].estimated is True and result.usage_by_depth[0].estimated is False
+    assert (
+        result.usage_by_depth[1].estimated is True and result.usage_by_depth[0].estimated is False
+    )
 
 
 def test_identical_sub_calls_are_memoised_within_a_run() -> None:
@@ -62,7 +68,9 @@ def test_identical_sub_calls_are_memoised_within_a_run() -> None:
     first, second = result.repl_history
     assert [c.cached for c in first.sub_calls] == [False, True, False]
     assert first.sub_calls[0].response == first.sub_calls[1].response
-    assert second.sub_calls[0].cached and second.sub_calls[0].response == first.sub_calls[0].response
+    assert (
+        second.sub_calls[0].cached and second.sub_calls[0].response == first.sub_calls[0].response
+    )
     assert result.answer == first.sub_calls[0].response
     assert result.usage["sub"].calls == 2
 

@@ -1,0 +1,358 @@
+"""Run the long-context quality benchmark on the embedded local model.
+
+Every task runs in one or both modes on ONE local llama.cpp server (slow to start):
+
+* ``rlm``: :class:`langchain_rlm.RLM` with the local model as root and sub-model;
+* ``direct``: the same model prompted with the context cut to its window (``n_ctx`` minus
+  :data:`DIRECT_RESERVE_TOKENS` for the instructions, the question and the answer; the cut is
+  made with the server's own tokenizer).
+
+Results go to a JSONL file, one line per (variant, mode, task), written as each task finishes;
+a rerun skips what is already there, so an interrupted run resumes. ``--report`` renders the
+Markdown table from the JSONL without running anything.
+
+Examples::
+
+    python -m benchmarks.quality.run --help
+    python -m benchmarks.quality.run --out benchmarks/quality/results.jsonl
+    python -m benchmarks.quality.run --groups needle:100000 --tasks 1 --modes rlm --show-replies
+    python -m benchmarks.quality.run --report --out benchmarks/quality/results.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import sys
+import time
+import traceback
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+from langchain_core.messages import HumanMessage, SystemMessage
+
+from benchmarks.quality.tasks import DEFAULT_SEED, Task, build_tasks, is_correct, size_label
+from langchain_rlm import RLM
+from langchain_rlm.local_model import MODEL_ALIAS, LocalModelServer
+from langchain_rlm.prompts import DEFAULT_STOP_SEQUENCES
+
+DEFAULT_GROUPS = (
+    "needle:10000",
+    "needle:100000",
+    "needle:1000000",
+    "aggregation:100000",
+    "multihop:100000",
+)
+DEFAULT_TASKS = 10
+DEFAULT_OUT = Path("benchmarks/quality/results.jsonl")
+DEFAULT_N_CTX = 8192
+DEFAULT_MAX_ITERATIONS = 6
+DEFAULT_MAX_OUTPUT_CHARS = 2000
+DEFAULT_MAX_LLM_CALLS = 24
+DEFAULT_TASK_TIMEOUT_S = 300.0
+DEFAULT_ROOT_MAX_TOKENS = 400
+DEFAULT_SUB_PROMPT_CHARS = 16_000
+"""Sub-prompts must fit the local window (about 3.5 characters per token of prose)."""
+DIRECT_RESERVE_TOKENS = 256
+"""Room in the window for the direct prompt's instructions, the question and the answer."""
+DIRECT_MAX_TOKENS = 32
+TOKENIZE_PROBE_FACTOR = 6
+"""Characters per token, an upper bound used to pick a probe slice before tokenizing."""
+
+DIRECT_SYSTEM = "You answer questions about a text. Reply with the answer only."
+DIRECT_USER = "Text:\n{context}\n\nQuestion: {query}"
+
+
+# -- task execution ---------------------------------------------------------------------------
+
+
+def _usage_totals(result: Any) -> tuple[int, int]:
+    usage = result.usage.values()
+    return sum(u.input_tokens for u in usage), sum(u.output_tokens for u in usage)
+
+
+def run_rlm(task: Task, chat: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """One RLM run; the record carries the answer, tokens, calls and the root replies."""
+    kwargs: dict[str, Any] = {
+        "max_iterations": args.max_iterations,
+        "max_output_chars": args.max_output_chars,
+        "max_llm_calls": args.max_llm_calls,
+        "timeout": args.task_timeout,
+        "sub_prompt_chars": args.sub_prompt_chars,
+        "stop": None if args.no_stop else DEFAULT_STOP_SEQUENCES,
+    }
+    if args.prompt_style != "default":
+        kwargs["prompt_style"] = args.prompt_style
+    rlm = RLM(chat, **kwargs)
+    started = time.monotonic()
+    result = rlm.invoke({"query": task.query, "context": task.context})
+    seconds = time.monotonic() - started
+    prompt_tokens, completion_tokens = _usage_totals(result)
+    replies = [str(m.content) for m in result.messages if m.type == "ai"]
+    return {
+        "answer": result.answer,
+        "seconds": round(seconds, 2),
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "iterations": result.iterations,
+        "calls": result.total_calls,
+        "sub_calls": result.sub_calls,
+        "finished_reason": result.finished_reason,
+        "replies": replies,
+        "outputs": [step.stdout[:500] + (step.error or "")[:300] for step in result.repl_history],
+    }
+
+
+class DirectPrompter:
+    """Direct prompting with the context cut to the server's window."""
+
+    def __init__(self, server: LocalModelServer, chat: Any, n_ctx: int) -> None:
+        self.server = server
+        self.chat = chat
+        self.budget_tokens = n_ctx - DIRECT_RESERVE_TOKENS
+        self._http = httpx.Client(trust_env=False, timeout=120.0)
+        self._cut_cache: dict[tuple[int, int], str] = {}
+
+    def _count(self, text: str) -> int:
+        response = self._http.post(
+            f"{self.server.base_url}/extras/tokenize/count",
+            json={"input": text, "model": MODEL_ALIAS},
+        )
+        response.raise_for_status()
+        return int(response.json()["count"])
+
+    def fit(self, context: str, overhead_tokens: int) -> str:
+        """The longest prefix of ``context`` that fits the window with ``overhead_tokens``."""
+        budget = self.budget_tokens - overhead_tokens
+        key = (hash(context[: budget * TOKENIZE_PROBE_FACTOR]), budget)
+        if key in self._cut_cache:
+            return self._cut_cache[key]
+        probe = context[: budget * TOKENIZE_PROBE_FACTOR]
+        if self._count(probe) <= budget:
+            cut = probe
+        else:
+            low, high = 0, len(probe)  # binary search on characters, ~15 tokenizer calls
+            while high - low > 64:
+                middle = (low + high) // 2
+                if self._count(probe[:middle]) <= budget:
+                    low = middle
+                else:
+                    high = middle
+            cut = probe[:low]
+        self._cut_cache[key] = cut
+        return cut
+
+    def run(self, task: Task) -> dict[str, Any]:
+        overhead = self._count(DIRECT_SYSTEM + DIRECT_USER.format(context="", query=task.query))
+        started = time.monotonic()
+        context = self.fit(task.context, overhead)
+        messages = [
+            SystemMessage(DIRECT_SYSTEM),
+            HumanMessage(DIRECT_USER.format(context=context, query=task.query)),
+        ]
+        reply = self.chat.invoke(messages, max_tokens=DIRECT_MAX_TOKENS)
+        seconds = time.monotonic() - started
+        usage = reply.usage_metadata or {}
+        return {
+            "answer": str(reply.content).strip(),
+            "seconds": round(seconds, 2),
+            "prompt_tokens": int(usage.get("input_tokens", 0)),
+            "completion_tokens": int(usage.get("output_tokens", 0)),
+            "iterations": 0,
+            "calls": 1,
+            "sub_calls": 0,
+            "finished_reason": "direct",
+            "context_chars_shown": len(context),
+        }
+
+
+# -- results file -------------------------------------------------------------------------
+
+
+def record_key(record: dict[str, Any]) -> tuple[str, str, str]:
+    return (record["variant"], record["mode"], record["task_id"])
+
+
+def load_records(path: Path) -> list[dict[str, Any]]:
+    """Every record in the JSONL file (a torn last line from a crash is ignored)."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+# -- report -------------------------------------------------------------------------------
+
+
+def _group_order(group: str) -> tuple[int, int]:
+    family, _, size = group.partition("/")
+    order = {"needle": 0, "aggregation": 1, "multihop": 2}.get(family, 9)
+    number = float(size.rstrip("kM")) * (1_000_000 if size.endswith("M") else 1000)
+    return order, int(number)
+
+
+def render_table(records: Iterable[dict[str, Any]], variants: Sequence[str] | None = None) -> str:
+    """Markdown table: per variant, mode and group — accuracy, wall time, tokens, calls."""
+    buckets: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        if variants and record["variant"] not in variants:
+            continue
+        buckets[(record["variant"], record["mode"], record["group"])].append(record)
+    lines = [
+        "| variant | mode | family/size | correct | accuracy | mean wall s | total wall s "
+        "| mean prompt tok | mean completion tok | mean calls | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key in sorted(buckets, key=lambda k: (k[0], k[1] != "rlm", _group_order(k[2]))):
+        rows = buckets[key]
+        n = len(rows)
+        correct = sum(1 for r in rows if r["correct"])
+        errors = sum(1 for r in rows if r.get("error"))
+        total_s = sum(r.get("seconds", 0.0) for r in rows)
+
+        def mean(field: str, rows: list[dict[str, Any]] = rows) -> float:
+            return sum(r.get(field, 0) or 0 for r in rows) / max(1, len(rows))
+
+        lines.append(
+            f"| {key[0]} | {key[1]} | {key[2]} | {correct}/{n} | {correct / n:.0%} "
+            f"| {total_s / n:.1f} | {total_s:.0f} | {mean('prompt_tokens'):,.0f} "
+            f"| {mean('completion_tokens'):,.0f} | {mean('calls'):.1f} | {errors} |"
+        )
+    return "\n".join(lines)
+
+
+# -- main ---------------------------------------------------------------------------------
+
+
+def parse_groups(specs: Sequence[str]) -> list[tuple[str, int]]:
+    groups = []
+    for spec in specs:
+        family, _, size = spec.partition(":")
+        groups.append((family, int(size.replace("_", ""))))
+    return groups
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.quality.run",
+        description="Long-context quality benchmark (needle / aggregation / multi-hop) of the "
+        "RLM vs direct prompting on the embedded Qwen2.5-Coder-0.5B (llama.cpp).",
+    )
+    parser.add_argument(
+        "--groups",
+        nargs="+",
+        default=list(DEFAULT_GROUPS),
+        help="family:size pairs (default: %(default)s)",
+    )
+    parser.add_argument("--tasks", type=int, default=DEFAULT_TASKS, help="tasks per group")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--modes", nargs="+", default=["rlm", "direct"], choices=["rlm", "direct"])
+    parser.add_argument("--only", default="*", help="glob on task ids, e.g. 'needle-1M-*'")
+    parser.add_argument("--variant", default="default", help="label of this configuration")
+    parser.add_argument("--max-iterations", type=int, default=DEFAULT_MAX_ITERATIONS)
+    parser.add_argument("--max-output-chars", type=int, default=DEFAULT_MAX_OUTPUT_CHARS)
+    parser.add_argument("--max-llm-calls", type=int, default=DEFAULT_MAX_LLM_CALLS)
+    parser.add_argument("--sub-prompt-chars", type=int, default=DEFAULT_SUB_PROMPT_CHARS)
+    parser.add_argument("--task-timeout", type=float, default=DEFAULT_TASK_TIMEOUT_S)
+    parser.add_argument("--root-max-tokens", type=int, default=DEFAULT_ROOT_MAX_TOKENS)
+    parser.add_argument("--no-stop", action="store_true", help="no stop sequences")
+    parser.add_argument(
+        "--prompt-style", default="default", choices=["default", "small"],
+        help="RLM prompt_style ('small' adds a worked example)",
+    )
+    parser.add_argument("--n-ctx", type=int, default=DEFAULT_N_CTX, help="server window")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSONL of results")
+    parser.add_argument("--rerun", action="store_true", help="ignore finished tasks in --out")
+    parser.add_argument("--show-replies", action="store_true", help="print the root replies")
+    parser.add_argument("--report", action="store_true", help="only print the table")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.report:
+        print(render_table(load_records(args.out)))
+        return 0
+    tasks = [
+        t
+        for t in build_tasks(parse_groups(args.groups), args.tasks, args.seed)
+        if fnmatch.fnmatch(t.task_id, args.only)
+    ]
+    done = set() if args.rerun else {record_key(r) for r in load_records(args.out)}
+    todo = [
+        (mode, task)
+        for mode in args.modes
+        for task in tasks
+        if (args.variant, mode, task.task_id) not in done
+    ]
+    print(f"{len(todo)} runs to do ({len(tasks)} tasks x {args.modes}), results -> {args.out}")
+    if not todo:
+        print(render_table(load_records(args.out), [args.variant]))
+        return 0
+    with LocalModelServer(n_ctx=args.n_ctx) as server:
+        print(f"server up in {server.startup_seconds:.1f} s (n_ctx {args.n_ctx})", flush=True)
+        chat = server.chat_model(max_tokens=args.root_max_tokens, seed=args.seed)
+        direct = DirectPrompter(server, server.chat_model(seed=args.seed), args.n_ctx)
+        for mode, task in todo:
+            record: dict[str, Any] = {
+                "variant": args.variant,
+                "mode": mode,
+                "task_id": task.task_id,
+                "group": f"{task.family}/{size_label(task.size)}",
+                "truth": task.answer,
+                "settings": {
+                    "max_iterations": args.max_iterations,
+                    "max_output_chars": args.max_output_chars,
+                    "stop": not args.no_stop,
+                    "prompt_style": args.prompt_style,
+                    "n_ctx": args.n_ctx,
+                    "seed": args.seed,
+                },
+            }
+            started = time.monotonic()
+            try:
+                record |= run_rlm(task, chat, args) if mode == "rlm" else direct.run(task)
+            except Exception as error:  # a crashed task counts as wrong, and is recorded
+                record |= {
+                    "answer": None,
+                    "seconds": round(time.monotonic() - started, 2),
+                    "error": f"{type(error).__name__}: {error}",
+                }
+                traceback.print_exc()
+            record["correct"] = is_correct(record.get("answer"), task.answer)
+            append_record(args.out, record)
+            mark = "OK " if record["correct"] else "BAD"
+            print(
+                f"{mark} {mode:6} {task.task_id:22} truth={task.answer!r:10} "
+                f"answer={str(record.get('answer'))[:60]!r} {record.get('seconds')} s "
+                f"calls={record.get('calls')} {record.get('finished_reason', record.get('error'))}",
+                flush=True,
+            )
+            if args.show_replies and mode == "rlm":
+                for index, reply in enumerate(record.get("replies", [])):
+                    print(f"----- reply {index + 1}:\n{reply}")
+                    outputs = record.get("outputs", [])
+                    if index < len(outputs):
+                        print(f"----- output:\n{outputs[index]}")
+                print("=====", flush=True)
+    print(render_table(load_records(args.out), [args.variant]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -346,6 +346,7 @@ def _system_prompt(rt: RLMRuntime, description: dict[str, Any]) -> str:
         can_recurse=rt.depth + 1 < rt.settings.max_depth,
         modules=sorted(ALLOWED_MODULES),
         tools=rt.tools,
+        style=rt.settings.prompt_style,
     )
 
 

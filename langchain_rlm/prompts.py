@@ -16,7 +16,9 @@ from typing import Any
 __all__ = [
     "DEFAULT_PREVIEW_CHARS",
     "DEFAULT_STOP_SEQUENCES",
+    "PROMPT_STYLES",
     "SYSTEM_PROMPT",
+    "SYSTEM_PROMPT_SMALL",
     "describe_context",
     "describe_tools",
     "finalize_prompt",
@@ -76,6 +78,48 @@ own line after your code block. Write the answer itself, never a description of 
 Do not write the REPL output yourself; wait for it. You have {max_iterations} turns.\
 """
 
+SYSTEM_PROMPT_SMALL = """\
+You answer a query about a long text stored in the Python variable `context` \
+({context_type}). You cannot read it directly. Write Python code in a ```repl block; the \
+REPL runs it and shows you what it printed (cut to {max_output_chars} characters). \
+Variables persist between turns.
+
+Example. Query: Which city hosted the chess final?
+```repl
+import re
+for m in re.finditer(r"chess final", context, re.IGNORECASE):
+    print(context[max(0, m.start() - 200):m.end() + 200])
+```
+It printed "... the chess final was held in Turin ...", so the next reply is:
+FINAL(Turin)
+
+Example. Query: How many lines mention a timeout?
+```repl
+print(sum(1 for line in context.splitlines() if "timeout" in line))
+```
+It printed 42, so the next reply is:
+FINAL(42)
+
+Rules:
+- Search with the key words of the query; never print the whole context.
+- Count and add up with code, never guess.
+- If a search finds nothing, try fewer or other key words.
+- Never repeat code whose output you have already seen.
+- `llm_query(prompt)` asks a sub-model about text you put in the prompt (at most \
+{sub_prompt_chars} characters); `llm_query_batched(prompts)` asks many at once.
+- Modules you may import: {modules}.{tools}
+- When you know the answer, reply FINAL(answer) on its own line with the answer itself.
+You have {max_iterations} turns.\
+"""
+"""A compact system prompt with two worked examples, for small models
+(``prompt_style="small"``). Measured on the local Qwen2.5-Coder-0.5B
+(``benchmarks/RESULTS_quality.md``): with the default prompt it copies the prompt's first
+cell (``print(context[:500])``) turn after turn and never searches; a worked example that
+appears after that cell is not enough, because the model copies the first code it sees."""
+
+PROMPT_STYLES = ("default", "small")
+"""``default``: :data:`SYSTEM_PROMPT`; ``small``: :data:`SYSTEM_PROMPT_SMALL`."""
+
 RECURSIVE_AVAILABLE = (
     "start a sub-agent with its own REPL over `context_subset` (a string, list or dict) "
     "to answer `query`; use it for parts that need exploration of their own."
@@ -125,9 +169,13 @@ def render_system_prompt(
     can_recurse: bool,
     modules: Sequence[str],
     tools: Mapping[str, Callable[..., Any]] | None = None,
+    style: str = "default",
 ) -> str:
-    """The system prompt with this run's facts filled in."""
-    return SYSTEM_PROMPT.format(
+    """The system prompt with this run's facts filled in (``style``: see :data:`PROMPT_STYLES`)."""
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"unknown prompt style {style!r}; choose from {', '.join(PROMPT_STYLES)}")
+    template = SYSTEM_PROMPT_SMALL if style == "small" else SYSTEM_PROMPT
+    return template.format(
         context_type=context_type,
         max_iterations=max_iterations,
         max_output_chars=max_output_chars,

@@ -17,7 +17,7 @@ from langchain_rlm.context import normalize_context
 from langchain_rlm.events import AnswerEvent, RLMEvent, to_event
 from langchain_rlm.graph import build_rlm_graph
 from langchain_rlm.models import resolve_model
-from langchain_rlm.prompts import DEFAULT_STOP_SEQUENCES
+from langchain_rlm.prompts import DEFAULT_STOP_SEQUENCES, PROMPT_STYLES
 from langchain_rlm.result import RLMResult
 from langchain_rlm.sandbox import get_sandbox
 from langchain_rlm.sandbox.base import (
@@ -138,7 +138,13 @@ class RLM(Runnable[dict[str, Any], RLMResult]):
         cell_timeout: float = DEFAULT_CELL_TIMEOUT,
         memory_mb: int | None = DEFAULT_MEMORY_MB,
         checkpointer: BaseCheckpointSaver[Any] | None = None,
+        prompt_style: str = "default",
     ) -> None:
+        if prompt_style not in PROMPT_STYLES:
+            raise RLMInputError(
+                f"prompt_style={prompt_style!r} is unknown; choose from {', '.join(PROMPT_STYLES)} "
+                "('small' adds a worked example for small local models)"
+            )
         _positive_int("max_iterations", max_iterations)
         _positive_int("max_depth", max_depth)
         _positive_int("max_concurrency", max_concurrency)
@@ -176,6 +182,7 @@ class RLM(Runnable[dict[str, Any], RLMResult]):
             memoize=memoize,
             strict=strict,
             sandbox_limits=SandboxLimits(cell_timeout=cell_timeout, memory_mb=memory_mb),
+            prompt_style=prompt_style,
         )
         self.graph = build_rlm_graph(checkpointer=checkpointer, name=self.name or "RLM")
         self._threads: dict[str, RLMRuntime] = {}

@@ -164,6 +164,8 @@ class RLMSettings:
     """Raise instead of finalizing when a budget or limit is hit."""
     sandbox_limits: SandboxLimits = field(default_factory=SandboxLimits)
     """Per-cell limits handed to the sandbox."""
+    prompt_style: str = "default"
+    """System prompt style (``prompts.PROMPT_STYLES``); ``small`` adds a worked example."""
 
 
 @dataclass(eq=False)

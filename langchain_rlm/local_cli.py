@@ -41,6 +41,7 @@ __all__ = ["add_local_subcommands", "build_parser", "main"]
 
 EXIT_OK = 0
 EXIT_ERROR = 1
+EXIT_USAGE = 2
 EXIT_NOT_FETCHED = 3
 SERVE_POLL_INTERVAL_S = 0.5
 
@@ -183,7 +184,7 @@ def add_local_subcommands(subparsers: Any) -> argparse.ArgumentParser:
 
 def _print_help(parser: argparse.ArgumentParser) -> int:
     parser.print_help(sys.stderr)
-    return EXIT_ERROR
+    return EXIT_USAGE
 
 
 def build_parser() -> argparse.ArgumentParser:

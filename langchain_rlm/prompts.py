@@ -84,21 +84,24 @@ You answer a query about a long text stored in the Python variable `context` \
 REPL runs it and shows you what it printed (cut to {max_output_chars} characters). \
 Variables persist between turns.
 
-Example. Query: Which city hosted the chess final?
+Example of a whole conversation:
+User: Query: Which city hosted the chess final?
+You:
 ```repl
 import re
 for m in re.finditer(r"chess final", context, re.IGNORECASE):
     print(context[max(0, m.start() - 200):m.end() + 200])
 ```
-It printed "... the chess final was held in Turin ...", so the next reply is:
+User: REPL output:
+```
+... the chess final was held in Turin ...
+```
+You:
 FINAL(Turin)
 
-Example. Query: How many lines mention a timeout?
-```repl
-print(sum(1 for line in context.splitlines() if "timeout" in line))
-```
-It printed 42, so the next reply is:
-FINAL(42)
+To count, print the count from code, e.g. \
+`print(sum(1 for line in context.splitlines() if "timeout" in line))`, and then reply \
+FINAL with the number the REPL printed.
 
 Rules:
 - Search with the key words of the query; never print the whole context.
@@ -108,6 +111,7 @@ Rules:
 - `llm_query(prompt)` asks a sub-model about text you put in the prompt (at most \
 {sub_prompt_chars} characters); `llm_query_batched(prompts)` asks many at once.
 - Modules you may import: {modules}.{tools}
+- Wait for the REPL output before you answer; never write it yourself.
 - When you know the answer, reply FINAL(answer) on its own line with the answer itself.
 You have {max_iterations} turns.\
 """
@@ -156,6 +160,13 @@ FINALIZE_PROMPT = """\
 {reason} Based on everything above, give your best final answer to the query now: \
 "{query}". Reply with FINAL(your answer) and nothing else.\
 """
+
+NEXT_STEP_HINT = (
+    "\nIf this output answers the query, reply FINAL(answer) with the answer itself; "
+    "otherwise write new code in a ```repl block."
+)
+"""Closes every REPL output message. Measured on the local 0.5B model: without it, the model
+often replied with the turn count of the budget note ("4") instead of acting."""
 
 TRUNCATION_MARKER = "\n... [{omitted} more characters not shown; print smaller slices] ..."
 
@@ -290,7 +301,8 @@ def repl_output_message(
         label = f" (block {index} of {len(outputs)})" if len(outputs) > 1 else ""
         shown = truncate_output(output, limit) if output else "(no output)"
         parts.append(REPL_OUTPUT_MESSAGE.format(label=label, output=shown, budget="").rstrip())
-    return "\n\n".join(parts) + budget_note(iteration, max_iterations, budget_extra)
+    note = budget_note(iteration, max_iterations, budget_extra)
+    return "\n\n".join(parts) + note + NEXT_STEP_HINT
 
 
 def no_code_nudge(iteration: int, max_iterations: int) -> str:

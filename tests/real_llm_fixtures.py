@@ -1,11 +1,8 @@
 """Pytest fixtures for tests that run the embedded local model (marker ``real_llm``).
 
-Register them in ``tests/conftest.py`` (``tests/`` has no ``__init__.py``, so pytest puts it on
-``sys.path`` and the module imports by its bare name)::
+Register them in ``tests/conftest.py``::
 
-    pytest_plugins = ["real_llm_fixtures"]
-
-or ``from real_llm_fixtures import local_chat_model, local_model_server  # noqa: F401``.
+    pytest_plugins = ["tests.real_llm_fixtures"]
 
 ``local_model_server`` starts llama.cpp's server once per test session (assembling the model
 file on first use, see ``langchain_rlm.local_model``) and stops it at the end. Without

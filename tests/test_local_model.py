@@ -256,6 +256,8 @@ FAKE_SERVER = textwrap.dedent(
     mode = os.environ.get("FAKE_LLAMA_MODE", "ok")
     with open(os.environ["FAKE_LLAMA_ARGV"], "w") as f:
         json.dump(sys.argv, f)
+    with open(os.environ["FAKE_LLAMA_ARGV"].replace("argv", "env"), "w") as f:
+        json.dump({"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}, f)
     if mode == "crash":
         print("fake llama: something broke at start-up", file=sys.stderr, flush=True)
         sys.exit(3)
@@ -292,6 +294,7 @@ def fake_llama(tmp_path: Path, monkeypatch) -> Path:
     (package / "__init__.py").write_text("")
     (package / "__main__.py").write_text(FAKE_SERVER)
     monkeypatch.setenv("PYTHONPATH", str(tmp_path / "fake"))
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.setenv("FAKE_LLAMA_ARGV", str(tmp_path / "argv.json"))
     monkeypatch.setenv("FAKE_LLAMA_CHILD", str(tmp_path / "child.pid"))
     monkeypatch.setattr(local_model, "_require_llama_cpp_server", lambda: None)
@@ -337,6 +340,9 @@ def test_server_lifecycle_and_process_group_cleanup(fake_llama: Path) -> None:
         assert argv[argv.index("--model_alias") + 1] == MODEL_ALIAS
         assert argv[argv.index("--n_ctx") + 1] == "2048"
         assert argv[argv.index("--interrupt_requests") + 1] == "False"
+        assert argv[argv.index("--logits_all") + 1] == "False"
+        environ = json.loads((fake_llama / "env.json").read_text())
+        assert environ["OMP_WAIT_POLICY"] == "PASSIVE"
         model = server.chat_model(max_tokens=7)
         assert model.openai_api_base == f"{server.base_url}/v1"
         assert model.model_name == MODEL_ALIAS
@@ -534,5 +540,20 @@ def test_real_server_process_is_gone_after_exit(local_model_server) -> None:
         pid = server.pid
         assert pid is not None
         reply = server.chat_model(max_tokens=8).invoke("Reply with the word: ok")
-        assert reply.content.strip()
+        assert isinstance(reply.content, str) and reply.content.strip()
     assert _wait_gone(pid)
+
+
+@pytest.mark.real_llm
+async def test_real_concurrent_streams_all_complete(local_chat_model) -> None:
+    """llm_query_batched-style concurrency: queued requests must not cut a stream short."""
+    import asyncio
+
+    async def stream(start: int) -> str:
+        text = ""
+        async for chunk in local_chat_model.astream(f"Count from {start} to {start + 3}."):
+            text += str(chunk.content)
+        return text
+
+    replies = await asyncio.gather(*(stream(i) for i in range(3)))
+    assert all(reply.strip() for reply in replies), replies

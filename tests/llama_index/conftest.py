@@ -97,12 +97,12 @@ def sub_reply(prompt: str) -> str:
     return found.group(1) if found else "0"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def corpus() -> list[Document]:
     return make_corpus()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def index(corpus: list[Document]) -> VectorStoreIndex:
     return VectorStoreIndex.from_documents(corpus, embed_model=MockEmbedding(embed_dim=8))
 

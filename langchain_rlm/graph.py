@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from langchain_core.messages import AnyMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig, ensure_config
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
@@ -102,17 +102,7 @@ def generate_code(
     rt.iteration = iteration
     _annotate_run(config, iteration=iteration)
     try:
-        reply = call_model(
-            rt.root_model,
-            state.get("messages", []),
-            _with_metadata(config, rt, iteration),
-            meter=rt.meter,
-            depth=rt.depth,
-            root=True,
-            max_retries=rt.settings.max_retries,
-            backoff=rt.settings.retry_backoff,
-            stop=rt.settings.stop,
-        )
+        reply = _call_root(rt, state.get("messages", []), config, iteration)
     except BudgetExceeded as error:
         return {"finished_reason": error.reason, "pending_code": [], "pending_final": None}
     except ModelCallError as error:
@@ -217,8 +207,9 @@ def finalize(state: RLMState, config: RunnableConfig, runtime: Runtime[RLMRuntim
         raise RLMLimitError(reason, f"the RLM stopped without an answer: {reason}")
     update: dict[str, Any] = {"finished_reason": reason}
     if reason == "max_iterations":
-        answer, messages = _ask_for_final(state, config, rt)
+        answer, messages, steps = _ask_for_final(state, config, rt)
         update["messages"] = messages
+        update["repl_history"] = steps
     else:
         answer = _best_effort_answer(rt, state)
     update["answer"] = answer
@@ -438,39 +429,58 @@ def _resolve_prose_final(
     return value, None
 
 
+def _call_root(
+    rt: RLMRuntime, messages: list[AnyMessage], config: RunnableConfig, iteration: int
+) -> AIMessage:
+    """One budgeted, retried root-model call with this depth's trace metadata."""
+    return call_model(
+        rt.root_model,
+        messages,
+        _with_metadata(config, rt, iteration),
+        meter=rt.meter,
+        depth=rt.depth,
+        root=True,
+        max_retries=rt.settings.max_retries,
+        backoff=rt.settings.retry_backoff,
+        stop=rt.settings.stop,
+    )
+
+
 def _ask_for_final(
     state: RLMState, config: RunnableConfig, rt: RLMRuntime
-) -> tuple[str, list[AnyMessage]]:
-    """One root call asking for the best answer from the conversation so far."""
-    request = HumanMessage(
-        prompts.finalize_prompt(state["query"], "You have used all your turns.")
-    )
-    messages = [*state.get("messages", []), request]
+) -> tuple[str, list[AnyMessage], list[ReplStepRecord]]:
+    """One root call asking for the best answer from the conversation so far.
+
+    Small models often answer this with code instead of ``FINAL``: the code then runs
+    (recorded like any step), and its ``FINAL`` or its output is the answer.
+    """
+    iteration = state.get("iteration", 0)
+    request = HumanMessage(prompts.finalize_prompt(state["query"], "You have used all your turns."))
     try:
-        reply = call_model(
-            rt.root_model,
-            messages,
-            _with_metadata(config, rt, state.get("iteration", 0)),
-            meter=rt.meter,
-            depth=rt.depth,
-            root=True,
-            max_retries=rt.settings.max_retries,
-            backoff=rt.settings.retry_backoff,
-            stop=rt.settings.stop,
-        )
+        reply = _call_root(rt, [*state.get("messages", []), request], config, iteration)
     except (BudgetExceeded, ModelCallError):
-        return _best_effort_answer(rt, state), [request]
+        return _best_effort_answer(rt, state), [request], []
     text = reply.text if isinstance(reply.text, str) else str(reply.content)
     parsed = parse_reply(text)
-    if parsed.final is not None:
+    steps: list[ReplStepRecord] = []
+    answer: str | None = None
+    if parsed.code_blocks and rt.session is not None:
+        for code in parsed.code_blocks:
+            step, _ = _run_block(rt, rt.session, code, iteration)
+            steps.append(step)
+            answer = step["final_answer"]
+            if answer is not None:
+                break
+    if answer is None and parsed.final is not None:
         answer = parsed.final.value
-        if parsed.final.kind == "FINAL_VAR" or parsed.final.is_identifier:
-            session = rt.session
-            resolved = session.get_variable(answer.strip("\"'")) if session else None
-            answer = resolved if resolved is not None else answer
-    else:
+        if rt.session is not None:  # a variable name means its value, as in execute
+            final = {"kind": parsed.final.kind, "value": parsed.final.value}
+            answer = _resolve_prose_final(rt.session, final, clean=True)[0] or answer
+    if answer is None and steps:
+        answer = next((st["stdout"].strip() for st in reversed(steps) if st["stdout"].strip()), None)
+    if answer is None:
         answer = text.strip()
-    return answer, [request, reply]
+    return answer, [request, reply], steps
 
 
 def _best_effort_answer(rt: RLMRuntime, state: RLMState) -> str:

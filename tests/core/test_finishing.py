@@ -146,3 +146,19 @@ def test_result_messages_hold_the_root_conversation(models: ModelFactory) -> Non
     assert kinds == ["SystemMessage", "HumanMessage", "AIMessage", "HumanMessage", "AIMessage"]
     assert isinstance(result.messages[3], HumanMessage)
     assert "REPL output" in str(result.messages[3].content)
+
+
+def test_finalize_reply_with_code_runs_it_and_takes_its_answer(models: ModelFactory) -> None:
+    # Small models answer the finalize request with code; it runs like any step.
+    pair = models([repl("base = 6"), repl("answer = base * 7\nprint(answer)")])
+    result = _run(pair, max_iterations=1)
+    assert result.answer == "42"
+    assert result.finished_reason == "max_iterations"
+    assert [step.code for step in result.repl_history] == ["base = 6", "answer = base * 7\nprint(answer)"]
+
+
+def test_finalize_reply_with_final_in_code(models: ModelFactory) -> None:
+    pair = models([repl("base = 6"), repl("FINAL(base * 7)")])
+    result = _run(pair, max_iterations=1)
+    assert result.answer == "42"
+    assert result.repl_history[-1].final_answer == "42"

@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _text import python_reference  # noqa: E402
+from _text import python_reference
 
-from langchain_rlm import RLM, AnswerEvent, CodeEvent, OutputEvent  # noqa: E402
-from langchain_rlm.local_model import default_chat_models  # noqa: E402
+from langchain_rlm import RLM, AnswerEvent, CodeEvent, OutputEvent
+from langchain_rlm.local_model import default_chat_models
 
 DEFAULT_WORD = "coroutine"
 DEFAULT_QUERY = (

@@ -28,8 +28,7 @@ def normalize_context(context: Any) -> str | list[Any] | dict[str, Any]:
         return context
     if isinstance(context, bytes):
         raise ContextTypeError(
-            "context is bytes: decode it first, e.g. data.decode('utf-8'), "
-            f"or pass {SUPPORTED}"
+            f"context is bytes: decode it first, e.g. data.decode('utf-8'), or pass {SUPPORTED}"
         )
     if isinstance(context, list | tuple):
         return [_item(value, index) for index, value in enumerate(context)]

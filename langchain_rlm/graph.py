@@ -41,7 +41,7 @@ from langchain_rlm.sandbox.policy import ALLOWED_MODULES
 from langchain_rlm.state import ReplStepRecord, RLMRuntime, RLMState
 from langchain_rlm.usage import BudgetExceeded
 
-__all__ = ["RLMRootCallError", "RLMLimitError", "build_rlm_graph"]
+__all__ = ["RLMLimitError", "RLMRootCallError", "build_rlm_graph"]
 
 FALLBACK_VARIABLES = ("final_answer", "answer", "result", "final")
 """REPL variables taken as the best answer when a budget ends a run without FINAL."""
@@ -130,7 +130,9 @@ def generate_code(
     return update
 
 
-def execute(state: RLMState, config: RunnableConfig, runtime: Runtime[RLMRuntime]) -> dict[str, Any]:
+def execute(
+    state: RLMState, config: RunnableConfig, runtime: Runtime[RLMRuntime]
+) -> dict[str, Any]:
     """Run the pending blocks, then honour a prose FINAL if the code ran cleanly."""
     rt = _bind(runtime, state)
     rt.iteration = iteration = state.get("iteration", 0)
@@ -198,7 +200,9 @@ def check_final(
     return {"finished_reason": reason} if reason else {}
 
 
-def finalize(state: RLMState, config: RunnableConfig, runtime: Runtime[RLMRuntime]) -> dict[str, Any]:
+def finalize(
+    state: RLMState, config: RunnableConfig, runtime: Runtime[RLMRuntime]
+) -> dict[str, Any]:
     """Best answer after a limit: one more root call after max_iterations, else the REPL's."""
     rt = _bind(runtime, state)
     _annotate_run(config, iteration=state.get("iteration", 0))
@@ -214,8 +218,14 @@ def finalize(state: RLMState, config: RunnableConfig, runtime: Runtime[RLMRuntim
         answer = _best_effort_answer(rt, state)
     update["answer"] = answer
     update["usage"] = rt.meter.snapshot()
-    rt.emit({"type": "answer", "iteration": state.get("iteration", 0), "answer": answer,
-             "finished_reason": reason})
+    rt.emit(
+        {
+            "type": "answer",
+            "iteration": state.get("iteration", 0),
+            "answer": answer,
+            "finished_reason": reason,
+        }
+    )
     return update
 
 
@@ -390,8 +400,16 @@ def _run_block(
         sub_calls=records,
         final_answer=output.final_answer,
     )
-    rt.emit({"type": "output", "iteration": iteration, "stdout": output.stdout,
-             "error": output.error, "seconds": step["seconds"], "sub_calls": len(records)})
+    rt.emit(
+        {
+            "type": "output",
+            "iteration": iteration,
+            "stdout": output.stdout,
+            "error": output.error,
+            "seconds": step["seconds"],
+            "sub_calls": len(records),
+        }
+    )
     return step, output
 
 
@@ -477,7 +495,9 @@ def _ask_for_final(
             final = {"kind": parsed.final.kind, "value": parsed.final.value}
             answer = _resolve_prose_final(rt.session, final, clean=True)[0] or answer
     if answer is None and steps:
-        answer = next((st["stdout"].strip() for st in reversed(steps) if st["stdout"].strip()), None)
+        answer = next(
+            (st["stdout"].strip() for st in reversed(steps) if st["stdout"].strip()), None
+        )
     if answer is None:
         answer = text.strip()
     return answer, [request, reply], steps
@@ -495,4 +515,3 @@ def _best_effort_answer(rt: RLMRuntime, state: RLMState) -> str:
         if step["stdout"].strip():
             return step["stdout"].strip()[-FALLBACK_OUTPUT_CHARS:]
     return ""
-

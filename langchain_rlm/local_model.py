@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -814,14 +815,12 @@ class LocalModelServer:
     # -- clients ----------------------------------------------------------------------------
 
     def chat_model(self, **kwargs: Any) -> ChatOpenAI:
-        """A ``ChatOpenAI`` bound to this server.
+        """A ``ChatOpenAI`` (subclass) bound to this server.
 
         Defaults: ``temperature=0``, ``max_tokens=1024``, a 600 s request timeout (a full 8k
         prompt takes about a minute on 2 cores), one retry, and HTTP clients that ignore proxy
         settings (the server is on loopback). Any keyword overrides them.
         """
-        from langchain_openai import ChatOpenAI
-
         settings: dict[str, Any] = {
             "base_url": f"{self.base_url}/v1",
             "api_key": LOCAL_API_KEY,
@@ -838,11 +837,43 @@ class LocalModelServer:
             timeout = settings["timeout"]
             settings["http_client"] = httpx.Client(trust_env=False, timeout=timeout)
             settings["http_async_client"] = httpx.AsyncClient(trust_env=False, timeout=timeout)
-        return ChatOpenAI(**settings)
+        return _local_chat_class()(**settings)
 
     def __repr__(self) -> str:
         where = self.base_url if self.port is not None else "not started"
         return f"LocalModelServer({where}, model={self.model_path}, n_ctx={self.n_ctx})"
+
+
+@functools.cache
+def _local_chat_class() -> type[ChatOpenAI]:
+    """``ChatOpenAI`` that sends ``max_tokens`` as llama.cpp's server expects it.
+
+    langchain-openai renames ``max_tokens`` to ``max_completion_tokens`` in every request;
+    llama-cpp-python's server silently ignores that field, so without this the limit is lost and
+    a rambling reply runs on to the end of the context window. Defined lazily because importing
+    ``langchain_openai`` costs about 2 s.
+    """
+    from langchain_core.language_models import LanguageModelInput
+    from langchain_openai import ChatOpenAI
+
+    class LocalChatOpenAI(ChatOpenAI):
+        """``ChatOpenAI`` for the embedded llama.cpp server (``max_tokens`` sent as such)."""
+
+        def _get_request_payload(
+            self,
+            input_: LanguageModelInput,
+            *,
+            stop: list[str] | None = None,
+            **kwargs: Any,
+        ) -> dict[str, Any]:
+            payload = super()._get_request_payload(input_, stop=stop, **kwargs)
+            if "max_completion_tokens" in payload:
+                limit = payload.pop("max_completion_tokens")
+                payload.setdefault("max_tokens", limit)
+            return payload
+
+    LocalChatOpenAI.__module__ = __name__
+    return LocalChatOpenAI
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

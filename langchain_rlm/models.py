@@ -200,7 +200,9 @@ def _settle(
     root: bool,
 ) -> AIMessage:
     if not isinstance(message, AIMessage):
-        raise ModelCallError(f"{model_id(model)} returned {type(message).__name__}", transient=False)
+        raise ModelCallError(
+            f"{model_id(model)} returned {type(message).__name__}", transient=False
+        )
     input_tokens, output_tokens, estimated = usage_from_message(message, prompt_chars)
     meter.record(
         model_id(model),
@@ -214,7 +216,9 @@ def _settle(
 
 
 def _prompt_chars(messages: Sequence[BaseMessage]) -> int:
-    return sum(len(m.content) if isinstance(m.content, str) else len(str(m.content)) for m in messages)
+    return sum(
+        len(m.content) if isinstance(m.content, str) else len(str(m.content)) for m in messages
+    )
 
 
 def _failure(model: BaseChatModel, error: BaseException, attempts: int) -> ModelCallError:

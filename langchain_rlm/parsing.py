@@ -109,7 +109,9 @@ def _find_final(prose: str) -> FinalDirective | None:
     match = _FINAL_RE.search(prose)
     if match is None:
         return None
-    kind: Literal["FINAL", "FINAL_VAR"] = "FINAL_VAR" if match.group("kind") == "FINAL_VAR" else "FINAL"
+    kind: Literal["FINAL", "FINAL_VAR"] = (
+        "FINAL_VAR" if match.group("kind") == "FINAL_VAR" else "FINAL"
+    )
     inner = _balanced_argument(prose, match.end())
     return FinalDirective(kind=kind, value=_unquote(inner.strip()))
 

@@ -89,23 +89,41 @@ User: Query: Which city hosted the chess final?
 You:
 ```repl
 import re
-for m in re.finditer(r"chess final", context, re.IGNORECASE):
-    print(context[max(0, m.start() - 200):m.end() + 200])
+hits = [line for line in context.splitlines() if re.search(r"chess final", line, re.IGNORECASE)]
+print(len(hits), "lines match")
+for line in hits[:5]:
+    m = re.search(r"chess final", line, re.IGNORECASE)
+    print(line[max(0, m.start() - 150):m.end() + 150])
 ```
 User: REPL output:
 ```
-... the chess final was held in Turin ...
+1 lines match
+the chess final was held in Turin after the long winter.
 ```
 You:
 FINAL(Turin)
 
-To count, print the count from code, e.g. \
-`print(sum(1 for line in context.splitlines() if "timeout" in line))`, and then reply \
-FINAL with the number the REPL printed.
+Another example:
+User: Query: How many lines have the level [WARN]?
+You:
+```repl
+import re
+hits = [line for line in context.splitlines() if re.search(r"\[WARN\]", line)]
+print(len(hits), "lines match")
+for line in hits[:5]:
+    print(line[:200])
+```
+User: REPL output:
+```
+37 lines match
+...
+```
+You:
+FINAL(37)
 
 Rules:
 - Search with the key words of the query; never print the whole context.
-- Count and add up with code, never guess.
+- Count and add up with code, never guess; a count is the number of matching lines.
 - If a search finds nothing, try fewer or other key words.
 - Never repeat code whose output you have already seen.
 - `llm_query(prompt)` asks a sub-model about text you put in the prompt (at most \

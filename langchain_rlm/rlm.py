@@ -157,7 +157,10 @@ class RLM(Runnable[dict[str, Any], RLMResult]):
                 _positive_int(name, value)
         try:
             budgets = Budgets(
-                max_llm_calls=max_llm_calls, max_tokens=max_tokens, max_cost=max_cost, timeout=timeout
+                max_llm_calls=max_llm_calls,
+                max_tokens=max_tokens,
+                max_cost=max_cost,
+                timeout=timeout,
             )
         except ValueError as error:
             raise RLMInputError(
@@ -501,10 +504,14 @@ def _thread_id(config: RunnableConfig) -> str | None:
 
 def _forward(chunk: Any) -> bool:
     """Custom stream chunks to pass on: all but the top level's own answer event."""
-    return isinstance(chunk, dict) and not (chunk.get("type") == "answer" and chunk.get("depth") == 0)
+    return isinstance(chunk, dict) and not (
+        chunk.get("type") == "answer" and chunk.get("depth") == 0
+    )
 
 
-def _answer_event(state: Mapping[str, Any], runtime: RLMRuntime, thread_id: str | None) -> AnswerEvent:
+def _answer_event(
+    state: Mapping[str, Any], runtime: RLMRuntime, thread_id: str | None
+) -> AnswerEvent:
     result = RLMResult.from_state(state, runtime.meter.snapshot(), thread_id=thread_id)
     return AnswerEvent(
         answer=result.answer,
@@ -530,7 +537,9 @@ def _tool_table(
         for tool in tools:
             name = getattr(tool, "name", None) or getattr(tool, "__name__", None)
             if not isinstance(name, str):
-                raise RLMInputError(f"tool {tool!r} has no name: pass tools as a dict name -> function")
+                raise RLMInputError(
+                    f"tool {tool!r} has no name: pass tools as a dict name -> function"
+                )
             table[name] = tool
     for name, tool in table.items():
         if not name.isidentifier() or name.startswith("_"):

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import operator
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NotRequired
 
 from langchain_core.callbacks import dispatch_custom_event
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AnyMessage
 from langgraph.graph.message import add_messages
-from typing_extensions import NotRequired, TypedDict
+from typing_extensions import TypedDict
 
 from langchain_rlm.prompts import DEFAULT_PREVIEW_CHARS, DEFAULT_STOP_SEQUENCES
 from langchain_rlm.sandbox.base import PythonExecutor, Sandbox, SandboxLimits
@@ -233,10 +234,8 @@ class RLMRuntime:
         event = {"iteration": self.iteration, **event, "depth": self.depth}
         if self.writer is not None:
             self.writer(event)
-        try:
+        with contextlib.suppress(RuntimeError):  # not inside a traced run (a bare unit call)
             dispatch_custom_event("rlm_step", event)
-        except RuntimeError:  # not inside a traced run (e.g. a bare unit call)
-            pass
 
     def close(self) -> None:
         """Stop the sandbox session, if one was started."""

@@ -98,7 +98,9 @@ class ModelUsage(BaseModel):
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
 
-    def add(self, input_tokens: int, output_tokens: int, cost: float | None, estimated: bool) -> None:
+    def add(
+        self, input_tokens: int, output_tokens: int, cost: float | None, estimated: bool
+    ) -> None:
         self.calls += 1
         self.input_tokens += input_tokens
         self.output_tokens += output_tokens

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from langchain_core.messages import HumanMessage
 
 from langchain_rlm import RLM
@@ -31,7 +33,9 @@ def test_final_in_code_survives_a_bare_except(models: ModelFactory) -> None:
 
 
 def test_prose_final_counts_after_the_code_of_the_same_reply_ran(models: ModelFactory) -> None:
-    reply = repl("import re\nsecret = re.search(r'secret=(\\d+)', context)[1]") + "\nFINAL_VAR(secret)"
+    reply = (
+        repl("import re\nsecret = re.search(r'secret=(\\d+)', context)[1]") + "\nFINAL_VAR(secret)"
+    )
     result = _run(models([reply]))
     assert result.answer == "7481"
     assert result.iterations == 1
@@ -82,10 +86,7 @@ def test_reply_without_code_or_final_gets_a_nudge(models: ModelFactory) -> None:
 
 
 def test_invented_output_never_ends_the_run(models: ModelFactory) -> None:
-    invented = (
-        repl("print(context.count('secret'))")
-        + "\nREPL output:\n```\n5\n```\nFINAL(5)"
-    )
+    invented = repl("print(context.count('secret'))") + "\nREPL output:\n```\n5\n```\nFINAL(5)"
     pair = models([invented, "FINAL(1)"])
     result = _run(pair)
     assert result.answer == "1"
@@ -135,7 +136,7 @@ def test_conversation_is_append_only(models: ModelFactory) -> None:
     pair = models([repl("print(1)"), repl("print(2)"), "FINAL(3)"])
     _run(pair)
     prompts = pair.root_prompts()
-    for earlier, later in zip(prompts, prompts[1:], strict=False):
+    for earlier, later in itertools.pairwise(prompts):
         assert later[: len(earlier)] == earlier
 
 
@@ -154,7 +155,10 @@ def test_finalize_reply_with_code_runs_it_and_takes_its_answer(models: ModelFact
     result = _run(pair, max_iterations=1)
     assert result.answer == "42"
     assert result.finished_reason == "max_iterations"
-    assert [step.code for step in result.repl_history] == ["base = 6", "answer = base * 7\nprint(answer)"]
+    assert [step.code for step in result.repl_history] == [
+        "base = 6",
+        "answer = base * 7\nprint(answer)",
+    ]
 
 
 def test_finalize_reply_with_final_in_code(models: ModelFactory) -> None:

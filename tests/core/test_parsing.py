@@ -10,7 +10,7 @@ from langchain_rlm.parsing import parse_reply
 def test_repl_and_python_fences_are_code_text_fences_are_not() -> None:
     reply = (
         "First:\n```repl\nx = 1\n```\nthen\n```python\nprint(x)\n```\n"
-        "and an example of data:\n```json\n{\"not\": \"code\"}\n```\n```\nprint(2)\n```"
+        'and an example of data:\n```json\n{"not": "code"}\n```\n```\nprint(2)\n```'
     )
     parsed = parse_reply(reply)
     assert parsed.code_blocks == ["x = 1", "print(x)", "print(2)"]

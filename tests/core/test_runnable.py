@@ -70,7 +70,9 @@ def _per_query_root(messages: list) -> str:  # type: ignore[type-arg]
     first_user = message_text(messages[1])
     run = re.search(r"Query: run (\d+)", first_user)[1]  # type: ignore[index]
     if len(messages) == 2:
-        return repl(f"import re\nfound_{run} = re.search(r'code=(\\w+)', context)[1]\nprint(found_{run})")
+        return repl(
+            f"import re\nfound_{run} = re.search(r'code=(\\w+)', context)[1]\nprint(found_{run})"
+        )
     output = re.search(r"```\n(.*?)\n```", message_text(messages[-1]), re.S)[1]  # type: ignore[index]
     return f"FINAL(run {run}: {output})"
 
@@ -112,7 +114,9 @@ def test_result_is_an_rlmresult_and_str_is_the_answer() -> None:
 
 
 def test_documents_become_records_with_metadata() -> None:
-    code = repl("print([(d['id'], d['metadata']['source']) for d in context if 'cat' in d['text']])")
+    code = repl(
+        "print([(d['id'], d['metadata']['source']) for d in context if 'cat' in d['text']])"
+    )
     root = ScriptedChatModel(replies=[code, "FINAL(ok)"], model="root")
     docs = [
         Document(page_content="a cat", metadata={"source": "a.txt"}, id="d1"),
@@ -132,7 +136,9 @@ def test_dict_context() -> None:
 def test_the_callers_context_is_not_mutated() -> None:
     context = [{"text": "keep me", "tags": ["x"]}, "plain"]
     snapshot = copy.deepcopy(context)
-    code = repl("context[0]['text'] = 'changed'\ncontext[0]['tags'].append('y')\ncontext.append(1)\nprint(len(context))")
+    code = repl(
+        "context[0]['text'] = 'changed'\ncontext[0]['tags'].append('y')\ncontext.append(1)\nprint(len(context))"
+    )
     root = ScriptedChatModel(replies=[code, "FINAL(ok)"], model="root")
     result = RLM(root).invoke({"query": "q?", "context": context})
     assert result.repl_history[0].stdout == "3\n"
@@ -168,7 +174,10 @@ def test_unsupported_context_types_name_the_fix(context: object) -> None:
 
 @pytest.mark.parametrize("model", ["gpt-4o", "nonsense:model-x", ":x", 42])
 def test_unknown_model_strings_are_refused(model: object) -> None:
-    with pytest.raises((ValueError, TypeError), match=r"provider:model|provider LangChain knows|langchain-rlm\[langchain\]"):
+    with pytest.raises(
+        (ValueError, TypeError),
+        match=r"provider:model|provider LangChain knows|langchain-rlm\[langchain\]",
+    ):
         RLM(model)  # type: ignore[arg-type]
 
 
@@ -210,7 +219,9 @@ def test_user_tools_are_described_and_callable() -> None:
         """Price of an item in USD."""
         return {"apple": 0.5}.get(item, 0.0)
 
-    root = ScriptedChatModel(replies=[repl("print(lookup_price('apple'))"), "FINAL(0.5)"], model="root")
+    root = ScriptedChatModel(
+        replies=[repl("print(lookup_price('apple'))"), "FINAL(0.5)"], model="root"
+    )
     result = RLM(root, tools=[lookup_price]).invoke({"query": "price?", "context": ""})
     assert result.repl_history[0].stdout == "0.5\n"
     system = message_text(root.calls[0].messages[0])

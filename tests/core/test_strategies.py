@@ -116,7 +116,10 @@ def summarise_sub(prompt: str) -> str:
 def test_hierarchical_summarisation(models: ModelFactory) -> None:
     topics = ["Alpha", "Beta", "Gamma", "Delta", "Epsilon", "Zeta", "Eta", "Theta"]
     chapters = [
-        f"Chapter {i}. " + ("filler text " * 400) + f" Topic{topics[i]} appears here. " + ("more " * 300)
+        f"Chapter {i}. "
+        + ("filler text " * 400)
+        + f" Topic{topics[i]} appears here. "
+        + ("more " * 300)
         for i in range(8)
     ]
     pair = models(

@@ -629,7 +629,6 @@ class LocalModelServer:
         self.python = python or sys.executable
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
-        self._log_path: Path | None = None
         self._lock = threading.Lock()
         self.startup_seconds: float | None = None
 
@@ -659,10 +658,20 @@ class LocalModelServer:
             raise LocalModelError("The local model server is not started; call start() first")
         return f"http://{self.host}:{self.port}"
 
-    @property
-    def log_path(self) -> Path | None:
-        """The file that collects the server's stdout and stderr."""
-        return self._log_path
+    def output_tail(self, max_chars: int = STDERR_TAIL_CHARS) -> str:
+        """The last ``max_chars`` bytes the server wrote to stdout/stderr (e.g. llama.cpp's
+        timings), while started. The output goes to an anonymous temporary file, so nothing is
+        left behind even when this process is killed."""
+        log = self._log
+        if log is None:
+            return ""
+        try:
+            size = os.fstat(log.fileno()).st_size
+            # pread leaves the offset the server's writes share with this handle alone.
+            data = os.pread(log.fileno(), max_chars, max(0, size - max_chars))
+        except (OSError, ValueError):
+            return ""
+        return data.decode("utf-8", "replace")
 
     def command(self, port: int) -> list[str]:
         """The command line that starts the server on ``port``."""
@@ -714,7 +723,7 @@ class LocalModelServer:
                     self._spawn(port)
                     self._wait_ready(port)
                 except LocalModelError as exc:
-                    tail = self._stderr_tail()
+                    tail = self.output_tail()
                     self._terminate()
                     if attempt < attempts and "address already in use" in tail.lower():
                         logger.info("Port %d was taken; retrying on another port", port)
@@ -729,9 +738,10 @@ class LocalModelServer:
             raise AssertionError("unreachable")  # pragma: no cover
 
     def _spawn(self, port: int) -> None:
-        fd, log_name = tempfile.mkstemp(prefix="rlm-llama-server-", suffix=".log")
-        self._log_path = Path(log_name)
-        self._log = os.fdopen(fd, "w+b")
+        if self._log is not None:
+            self._log.close()
+        # Lives as long as the server (closed in _terminate); anonymous, so never left behind.
+        self._log = tempfile.TemporaryFile(prefix="rlm-llama-server-", suffix=".log")  # noqa: SIM115
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
         for name, value in SERVER_ENV_DEFAULTS.items():
@@ -756,7 +766,7 @@ class LocalModelServer:
                 raise LocalModelError(
                     f"The local model server exited with code {code} during start-up. "
                     f"Command: {' '.join(self.command(port)[3:])}\nServer output (tail):\n"
-                    f"{self._stderr_tail()}"
+                    f"{self.output_tail()}"
                 )
             try:
                 with opener.open(url, timeout=HEALTH_REQUEST_TIMEOUT_S) as response:
@@ -768,20 +778,9 @@ class LocalModelServer:
                 raise LocalModelError(
                     f"The local model server did not answer {url} within "
                     f"{self.startup_timeout:.0f} s. Raise startup_timeout or check the output "
-                    f"(tail):\n{self._stderr_tail()}"
+                    f"(tail):\n{self.output_tail()}"
                 )
             time.sleep(HEALTH_POLL_INTERVAL_S)
-
-    def _stderr_tail(self) -> str:
-        if self._log_path is None:
-            return ""
-        try:
-            with self._log_path.open("rb") as handle:
-                handle.seek(0, os.SEEK_END)
-                handle.seek(max(0, handle.tell() - STDERR_TAIL_CHARS))
-                return handle.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
 
     def stop(self) -> None:
         """Stop the server's process group and wait for it; idempotent."""
@@ -807,10 +806,6 @@ class LocalModelServer:
         if self._log is not None:
             self._log.close()
             self._log = None
-        if self._log_path is not None:
-            with contextlib.suppress(OSError):
-                self._log_path.unlink()
-            self._log_path = None
 
     # -- clients ----------------------------------------------------------------------------
 
@@ -873,6 +868,7 @@ def _local_chat_class() -> type[ChatOpenAI]:
             return payload
 
     LocalChatOpenAI.__module__ = __name__
+    LocalChatOpenAI.__qualname__ = LocalChatOpenAI.__name__
     return LocalChatOpenAI
 
 

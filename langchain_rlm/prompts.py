@@ -89,41 +89,40 @@ User: Query: Which city hosted the chess final?
 You:
 ```repl
 import re
-hits = [line for line in context.splitlines() if re.search(r"chess final", line, re.IGNORECASE)]
-print(len(hits), "lines match")
-for line in hits[:5]:
-    m = re.search(r"chess final", line, re.IGNORECASE)
-    print(line[max(0, m.start() - 150):m.end() + 150])
+hits = re.findall(r"[^.\\n]*chess final[^.\\n]*", context, re.IGNORECASE)
+print(len(hits), "matches")
+print(hits[:5])
 ```
 User: REPL output:
 ```
-1 lines match
-the chess final was held in Turin after the long winter.
+1 matches
+['The chess final was held in Turin after the long winter']
 ```
 You:
 FINAL(Turin)
 
-Another example:
+Example of a counting question:
 User: Query: How many lines have the level [WARN]?
 You:
 ```repl
 import re
-hits = [line for line in context.splitlines() if re.search(r"\[WARN\]", line)]
-print(len(hits), "lines match")
-for line in hits[:5]:
-    print(line[:200])
+hits = re.findall(r"[^.\\n]*\\[WARN\\][^.\\n]*", context)
+print(len(hits), "matches")
+print(hits[:5])
 ```
 User: REPL output:
 ```
-37 lines match
-...
+37 matches
+['2024-01-01 10:00:00 [WARN] disk almost full', ...]
 ```
 You:
-FINAL(37)
+```repl
+FINAL(len(hits))
+```
 
 Rules:
 - Search with the key words of the query; never print the whole context.
-- Count and add up with code, never guess; a count is the number of matching lines.
+- Count with code, never guess: for "how many", finish with FINAL(len(hits)) in code.
 - If a search finds nothing, try fewer or other key words.
 - Never repeat code whose output you have already seen.
 - `llm_query(prompt)` asks a sub-model about text you put in the prompt (at most \
@@ -183,8 +182,9 @@ NEXT_STEP_HINT = (
     "\nIf this output answers the query, reply FINAL(answer) with the answer itself; "
     "otherwise write new code in a ```repl block."
 )
-"""Closes every REPL output message. Measured on the local 0.5B model: without it, the model
-often replied with the turn count of the budget note ("4") instead of acting."""
+"""Closes every REPL output message (the budget note now opens it). Measured on the local 0.5B
+model: with the budget note last and no hint, it often replied with the note's turn count
+("4", or ``FINAL(3)``) instead of acting on the output."""
 
 TRUNCATION_MARKER = "\n... [{omitted} more characters not shown; print smaller slices] ..."
 
@@ -319,8 +319,9 @@ def repl_output_message(
         label = f" (block {index} of {len(outputs)})" if len(outputs) > 1 else ""
         shown = truncate_output(output, limit) if output else "(no output)"
         parts.append(REPL_OUTPUT_MESSAGE.format(label=label, output=shown, budget="").rstrip())
-    note = budget_note(iteration, max_iterations, budget_extra)
-    return "\n\n".join(parts) + note + NEXT_STEP_HINT
+    # The budget note goes first: a small model otherwise answers with its last number.
+    note = budget_note(iteration, max_iterations, budget_extra).lstrip("\n")
+    return note + "\n" + "\n\n".join(parts) + NEXT_STEP_HINT
 
 
 def no_code_nudge(iteration: int, max_iterations: int) -> str:

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -264,6 +265,7 @@ FAKE_SERVER = textwrap.dedent(
     if mode == "hang":
         print("fake llama: loading forever", file=sys.stderr, flush=True)
         time.sleep(600)
+    print("fake llama: ready", file=sys.stderr, flush=True)
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     with open(os.environ["FAKE_LLAMA_CHILD"], "w") as f:
         f.write(str(child.pid))
@@ -328,6 +330,7 @@ def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
 def test_server_lifecycle_and_process_group_cleanup(fake_llama: Path) -> None:
     import json
 
+    logs_before = set(Path(tempfile.gettempdir()).glob("rlm-llama-server-*"))
     server = LocalModelServer(fake_llama / "model.gguf", n_ctx=2048, n_threads=1)
     with server:
         assert server.running
@@ -343,6 +346,7 @@ def test_server_lifecycle_and_process_group_cleanup(fake_llama: Path) -> None:
         assert argv[argv.index("--logits_all") + 1] == "False"
         environ = json.loads((fake_llama / "env.json").read_text())
         assert environ["OMP_WAIT_POLICY"] == "PASSIVE"
+        assert "fake llama: ready" in server.output_tail()
         model = server.chat_model(max_tokens=7)
         assert model.openai_api_base == f"{server.base_url}/v1"
         assert model.model_name == MODEL_ALIAS
@@ -353,6 +357,8 @@ def test_server_lifecycle_and_process_group_cleanup(fake_llama: Path) -> None:
     assert _wait_gone(child_pid), "a process the server started outlived it"
     with pytest.raises(LocalModelError, match="not started"):
         _ = server.base_url
+    assert server.output_tail() == ""
+    assert set(Path(tempfile.gettempdir()).glob("rlm-llama-server-*")) <= logs_before
 
 
 @pytest.mark.server
@@ -407,6 +413,19 @@ def test_server_exits_when_its_parent_dies(fake_llama: Path) -> None:
         parent.send_signal(signal.SIGKILL)
         parent.wait()
     assert _wait_gone(server_pid), "the server outlived its parent"
+
+
+def test_chat_model_sends_max_tokens_as_llama_cpp_expects(tmp_path: Path) -> None:
+    """langchain-openai sends max_completion_tokens, which llama.cpp's server ignores."""
+    server = LocalModelServer(tmp_path / "model.gguf")
+    server.port = 4321  # not started: only the request payload is built
+    model = server.chat_model(max_tokens=9, stop=["```\n\n"])
+    payload = model._get_request_payload([("human", "hi")])
+    assert payload["max_tokens"] == 9 and "max_completion_tokens" not in payload
+    assert payload["stop"] == ["```\n\n"]
+    bound = model._get_request_payload([("human", "hi")], max_tokens=3)
+    assert bound["max_tokens"] == 3 and "max_completion_tokens" not in bound
+    assert model.openai_api_base == "http://127.0.0.1:4321/v1"
 
 
 def test_missing_llama_cpp_names_the_extra(monkeypatch, tmp_path: Path) -> None:
@@ -539,8 +558,9 @@ def test_real_server_process_is_gone_after_exit(local_model_server) -> None:
     with server:
         pid = server.pid
         assert pid is not None
-        reply = server.chat_model(max_tokens=8).invoke("Reply with the word: ok")
+        reply = server.chat_model(max_tokens=4).invoke("Tell me a long story about a ship.")
         assert isinstance(reply.content, str) and reply.content.strip()
+        assert reply.usage_metadata and reply.usage_metadata["output_tokens"] <= 4
     assert _wait_gone(pid)
 
 

@@ -272,7 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--root-max-tokens", type=int, default=DEFAULT_ROOT_MAX_TOKENS)
     parser.add_argument("--no-stop", action="store_true", help="no stop sequences")
     parser.add_argument(
-        "--prompt-style", default="default", choices=["default", "small"],
+        "--prompt-style",
+        default="default",
+        choices=["default", "small"],
         help="RLM prompt_style ('small' adds a worked example)",
     )
     parser.add_argument("--n-ctx", type=int, default=DEFAULT_N_CTX, help="server window")

@@ -50,61 +50,169 @@ FAMILIES = ("needle", "aggregation", "multihop")
 # -- filler prose ----------------------------------------------------------------------------
 
 SUBJECTS = (
-    "The committee", "Our neighbour", "The old librarian", "A young engineer", "The river guide",
-    "The baker on the corner", "My grandmother", "The new manager", "A quiet student",
-    "The harbour master", "The visiting professor", "Every gardener in the valley",
-    "The night nurse", "A travelling musician", "The city council", "The museum curator",
-    "The lighthouse keeper", "A tired reporter", "The village doctor", "The chess club",
+    "The committee",
+    "Our neighbour",
+    "The old librarian",
+    "A young engineer",
+    "The river guide",
+    "The baker on the corner",
+    "My grandmother",
+    "The new manager",
+    "A quiet student",
+    "The harbour master",
+    "The visiting professor",
+    "Every gardener in the valley",
+    "The night nurse",
+    "A travelling musician",
+    "The city council",
+    "The museum curator",
+    "The lighthouse keeper",
+    "A tired reporter",
+    "The village doctor",
+    "The chess club",
 )
 VERBS = (
-    "reviewed", "painted", "described", "carried", "discussed", "repaired", "borrowed",
-    "photographed", "organised", "questioned", "remembered", "admired", "measured",
-    "rebuilt", "ignored", "celebrated", "explained", "delivered", "studied", "sketched",
+    "reviewed",
+    "painted",
+    "described",
+    "carried",
+    "discussed",
+    "repaired",
+    "borrowed",
+    "photographed",
+    "organised",
+    "questioned",
+    "remembered",
+    "admired",
+    "measured",
+    "rebuilt",
+    "ignored",
+    "celebrated",
+    "explained",
+    "delivered",
+    "studied",
+    "sketched",
 )
 OBJECTS = (
-    "the quarterly report", "a wooden boat", "the garden wall", "an old map of the coast",
-    "the winter schedule", "a basket of apples", "the broken clock", "the long letter",
-    "the school library", "a collection of stamps", "the narrow bridge", "the annual budget",
-    "a recipe for bread", "the station timetable", "the copper kettle", "a box of photographs",
-    "the festival programme", "the mountain trail", "a set of blue plates", "the town archive",
+    "the quarterly report",
+    "a wooden boat",
+    "the garden wall",
+    "an old map of the coast",
+    "the winter schedule",
+    "a basket of apples",
+    "the broken clock",
+    "the long letter",
+    "the school library",
+    "a collection of stamps",
+    "the narrow bridge",
+    "the annual budget",
+    "a recipe for bread",
+    "the station timetable",
+    "the copper kettle",
+    "a box of photographs",
+    "the festival programme",
+    "the mountain trail",
+    "a set of blue plates",
+    "the town archive",
 )
 ENDINGS = (
-    "before the storm arrived", "with great care", "during the long winter",
-    "after a short break", "without saying a word", "while the rain kept falling",
-    "to everyone's surprise", "as the sun went down", "for the third time that week",
-    "in the early morning", "despite the noise outside", "on a quiet afternoon",
-    "with a little help from friends", "as the market closed", "before anyone noticed",
-    "while the kettle boiled", "near the old harbour", "in front of the whole class",
+    "before the storm arrived",
+    "with great care",
+    "during the long winter",
+    "after a short break",
+    "without saying a word",
+    "while the rain kept falling",
+    "to everyone's surprise",
+    "as the sun went down",
+    "for the third time that week",
+    "in the early morning",
+    "despite the noise outside",
+    "on a quiet afternoon",
+    "with a little help from friends",
+    "as the market closed",
+    "before anyone noticed",
+    "while the kettle boiled",
+    "near the old harbour",
+    "in front of the whole class",
 )
 CONNECTORS = ("Later,", "Meanwhile,", "Afterwards,", "In the end,", "Still,", "Once again,")
 
 PROJECT_NAMES = (
-    "Falcon", "Juniper", "Obsidian", "Marigold", "Tundra", "Saffron", "Quartz", "Willow",
-    "Nimbus", "Cobalt", "Heron", "Lantern", "Meridian", "Pebble", "Sequoia", "Thistle",
-    "Vortex", "Zephyr", "Amber", "Bramble",
+    "Falcon",
+    "Juniper",
+    "Obsidian",
+    "Marigold",
+    "Tundra",
+    "Saffron",
+    "Quartz",
+    "Willow",
+    "Nimbus",
+    "Cobalt",
+    "Heron",
+    "Lantern",
+    "Meridian",
+    "Pebble",
+    "Sequoia",
+    "Thistle",
+    "Vortex",
+    "Zephyr",
+    "Amber",
+    "Bramble",
 )
 AGENT_NAMES = (
-    "Mira Kovac", "Tomas Reyes", "Anika Ferreira", "Jonas Lindqvist", "Priya Raman",
-    "Oskar Nowak", "Leila Haddad", "Diego Alvarez", "Hana Sato", "Felix Brandt",
-    "Nadia Petrova", "Samuel Okafor",
+    "Mira Kovac",
+    "Tomas Reyes",
+    "Anika Ferreira",
+    "Jonas Lindqvist",
+    "Priya Raman",
+    "Oskar Nowak",
+    "Leila Haddad",
+    "Diego Alvarez",
+    "Hana Sato",
+    "Felix Brandt",
+    "Nadia Petrova",
+    "Samuel Okafor",
 )
 CITIES = (
-    "Lisbon", "Oslo", "Nairobi", "Montreal", "Kyoto", "Valparaiso", "Tallinn", "Cairo",
-    "Auckland", "Seville", "Reykjavik", "Hanoi",
+    "Lisbon",
+    "Oslo",
+    "Nairobi",
+    "Montreal",
+    "Kyoto",
+    "Valparaiso",
+    "Tallinn",
+    "Cairo",
+    "Auckland",
+    "Seville",
+    "Reykjavik",
+    "Hanoi",
 )
 SERVICES = ("auth", "billing", "search", "storage", "mailer", "gateway")
 LEVEL_WEIGHTS = (("INFO", 70), ("DEBUG", 12), ("WARN", 10), ("ERROR", 8))
 LOG_MESSAGES = (
-    "request served", "cache refreshed", "user session renewed", "queue drained",
-    "connection pool resized", "slow response from upstream", "retrying the request",
-    "payment record updated", "index segment merged", "message delivered",
-    "disk usage checked", "token validated", "config reloaded", "timeout while reading",
-    "job scheduled", "invalid payload rejected",
+    "request served",
+    "cache refreshed",
+    "user session renewed",
+    "queue drained",
+    "connection pool resized",
+    "slow response from upstream",
+    "retrying the request",
+    "payment record updated",
+    "index segment merged",
+    "message delivered",
+    "disk usage checked",
+    "token validated",
+    "config reloaded",
+    "timeout while reading",
+    "job scheduled",
+    "invalid payload rejected",
 )
 
 
 def _sentence(rng: random.Random) -> str:
-    text = f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)} {rng.choice(ENDINGS)}."
+    text = (
+        f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)} {rng.choice(ENDINGS)}."
+    )
     if rng.random() < 0.2:
         first, rest = text.split(" ", 1)
         text = f"{rng.choice(CONNECTORS)} {first.lower()} {rest}"
@@ -170,9 +278,11 @@ def needle_tasks(seed: int, size: int, count: int) -> Iterator[Task]:
     """S-NIAH: one secret code at a random depth in shared filler."""
     haystack = filler_text(_group_rng(seed, "needle", size, "haystack"), size)
     rng = _group_rng(seed, "needle", size, "facts")
-    names = rng.sample(PROJECT_NAMES, count) if count <= len(PROJECT_NAMES) else None
+    names = rng.sample(PROJECT_NAMES, len(PROJECT_NAMES))  # independent of ``count``
     for index in range(count):
-        name = names[index] if names else f"{rng.choice(PROJECT_NAMES)}-{index}"
+        name = names[index % len(names)]
+        if index >= len(names):
+            name = f"{name} {index // len(names) + 1}"
         code = str(rng.randint(100_000, 999_999))
         depth = round(rng.uniform(0.05, 0.95), 3)
         fact = f"The secret code for project {name} is {code}."
@@ -199,7 +309,9 @@ def _log_lines(rng: random.Random, size: int) -> list[tuple[str, str, str]]:
         stamp = f"2024-03-{1 + second // 86_400:02d} {second // 3600 % 24:02d}:{second // 60 % 60:02d}:{second % 60:02d}"
         level = rng.choices(levels, weights)[0]
         service = rng.choice(SERVICES)
-        line = f"{stamp} [{level}] {service}: {rng.choice(LOG_MESSAGES)} (worker {rng.randint(1, 16)})"
+        line = (
+            f"{stamp} [{level}] {service}: {rng.choice(LOG_MESSAGES)} (worker {rng.randint(1, 16)})"
+        )
         lines.append((line, level, service))
         total += len(line) + 1
     return lines
@@ -243,12 +355,17 @@ def aggregation_tasks(seed: int, size: int, count: int) -> Iterator[Task]:
 def multihop_tasks(seed: int, size: int, count: int) -> Iterator[Task]:
     """Two facts to combine: agent -> city, city -> access code; shared by all tasks."""
     rng = _group_rng(seed, "multihop", size, "facts")
-    agents = min(len(AGENT_NAMES), max(count, 10))
+    agents = len(AGENT_NAMES)  # independent of ``count``, so task i is the same for any count
     names = rng.sample(AGENT_NAMES, agents)
     cities = rng.sample(CITIES, agents)
     codes = [str(rng.randint(1000, 9999)) for _ in cities]
-    facts = [f"Agent {name} is stationed in {city}." for name, city in zip(names, cities, strict=True)]
-    facts += [f"The access code of the {city} office is {code}." for city, code in zip(cities, codes, strict=True)]
+    facts = [
+        f"Agent {name} is stationed in {city}." for name, city in zip(names, cities, strict=True)
+    ]
+    facts += [
+        f"The access code of the {city} office is {code}."
+        for city, code in zip(cities, codes, strict=True)
+    ]
     context = filler_text(_group_rng(seed, "multihop", size, "haystack"), size)
     depths = sorted(((rng.uniform(0.02, 0.98), fact) for fact in facts), reverse=True)
     for depth, fact in depths:  # deepest first, so earlier insertions keep their depth

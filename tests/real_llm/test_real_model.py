@@ -29,7 +29,7 @@ import pytest
 from langchain_rlm import RLM
 from langchain_rlm.local_model import LocalModelServer
 
-pytestmark = [pytest.mark.real_llm, pytest.mark.timeout(900)]
+TEST_TIMEOUT_S = 900
 
 SEED = 7
 REQUIRED_CORRECT = 2
@@ -48,11 +48,12 @@ SUB_PROMPT_CHARS = 16_000
 NEEDLE_CHARS = 200_000
 LOG_CHARS = 60_000
 
-WORDS = (
+WORDS_TEXT = (
     "the committee reviewed a wooden boat before the storm arrived while our neighbour "
     "painted the garden wall during the long winter and the old librarian described an old "
     "map of the coast with great care as the harbour master carried a basket of apples"
-).split()
+)
+WORDS = tuple(WORDS_TEXT.split())
 SERVICES = ("auth", "billing", "search", "storage")
 MESSAGES = ("request served", "cache refreshed", "queue drained", "token validated")
 
@@ -120,7 +121,10 @@ def count_task(rng: random.Random) -> RealTask:
 
 def keyword_task(rng: random.Random) -> RealTask:
     lines, _ = _log(rng, LOG_CHARS, error_every=15)
-    lines.insert(int(len(lines) * 0.41), "2024-05-01 09:41:00 [INFO] auth: the backup job moved to Valparaiso")
+    lines.insert(
+        int(len(lines) * 0.41),
+        "2024-05-01 09:41:00 [INFO] auth: the backup job moved to Valparaiso",
+    )
     return RealTask(
         "keyword-city",
         "One log line says where the backup job moved to. Which city is it? Answer with the city name only.",
@@ -129,7 +133,11 @@ def keyword_task(rng: random.Random) -> RealTask:
     )
 
 
-TASK_BUILDERS: tuple[Callable[[random.Random], RealTask], ...] = (needle_task, count_task, keyword_task)
+TASK_BUILDERS: tuple[Callable[[random.Random], RealTask], ...] = (
+    needle_task,
+    count_task,
+    keyword_task,
+)
 
 
 def normalize(text: str) -> str:
@@ -149,6 +157,8 @@ def test_generated_tasks_have_exact_unique_answers() -> None:
     assert keyword.context.count("Valparaiso") == 1
 
 
+@pytest.mark.real_llm
+@pytest.mark.timeout(TEST_TIMEOUT_S)
 def test_rlm_answers_long_context_tasks_with_the_local_model(
     local_model_server: LocalModelServer,
 ) -> None:
@@ -184,4 +194,6 @@ def test_rlm_answers_long_context_tasks_with_the_local_model(
             for message in result.messages[2:]:
                 print(f"  [{message.type}] {str(message.content)[:600]}")
     summary = "\n".join(report)
-    assert correct >= REQUIRED_CORRECT, f"only {correct} of {len(TASK_BUILDERS)} correct:\n{summary}"
+    assert correct >= REQUIRED_CORRECT, (
+        f"only {correct} of {len(TASK_BUILDERS)} correct:\n{summary}"
+    )

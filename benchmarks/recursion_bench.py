@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from langchain_core.callbacks import BaseCallbackHandler
 from pydantic import SecretStr
 
 from langchain_rlm import RLM, CodeEvent
@@ -76,9 +77,14 @@ def _fanout_sub(request: ChatRequest) -> Reply:
     return Reply(content="ok", latency=SUB_LATENCY)
 
 
-def _serve(conn: Any) -> None:
+def _serve(conn: Any, kind: str = "fanout") -> None:
     """Child process: the scripted server, so its CPU does not share the client's GIL."""
-    server = ScriptedOpenAIServer({"root": _fanout_root, "sub": _fanout_sub}).start()
+    responders: dict[str, Any] = (
+        {"root": _fanout_root, "sub": _fanout_sub}
+        if kind == "fanout"
+        else {"root": replies_responder(_loop_replies(), cycle=True), "bare": lambda r: "pong"}
+    )
+    server = ScriptedOpenAIServer(responders).start()
     conn.send(server.port)
     conn.recv()
     server.close()
@@ -87,10 +93,13 @@ def _serve(conn: Any) -> None:
 class _RemoteServer:
     """The scripted server in a forked process (a real provider is not in our process)."""
 
+    def __init__(self, kind: str = "fanout") -> None:
+        self.kind = kind
+
     def __enter__(self) -> _RemoteServer:
         self.conn, child = multiprocessing.Pipe()
         self.process = multiprocessing.get_context("fork").Process(
-            target=_serve, args=(child,), daemon=True
+            target=_serve, args=(child, self.kind), daemon=True
         )
         self.process.start()
         self.port = self.conn.recv()
@@ -183,31 +192,42 @@ def bench_fanout(sizes: list[int], concurrencies: list[int]) -> None:
 
 
 # -- (b) overhead per root iteration ---------------------------------------------------------
-def _iteration_intervals(rlm: RLM, context: str) -> tuple[list[float], float]:
-    """Seconds between consecutive root turns (model call + execute + routing), and setup."""
+class _ModelTimer(BaseCallbackHandler):
+    """Records when each chat-model call started and ended (the model's own time)."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[float, float]] = []
+        self._open: dict[Any, float] = {}
+
+    def on_chat_model_start(
+        self, serialized: Any, messages: Any, *, run_id: Any, **kw: Any
+    ) -> None:
+        self._open[run_id] = time.perf_counter()
+
+    def on_llm_end(self, response: Any, *, run_id: Any, **kw: Any) -> None:
+        self.spans.append((self._open.pop(run_id), time.perf_counter()))
+
+
+def _iteration_intervals(rlm: RLM, context: str) -> tuple[list[float], list[float], float]:
+    """Per interval between consecutive root turns: its seconds, the seconds spent inside
+    the model call(s) of that interval, and the setup time before the first turn."""
     stamps: list[float] = []
+    timer = _ModelTimer()
     started = time.perf_counter()
-    for event in rlm.stream({"query": "loop", "context": context}):
+    for event in rlm.stream({"query": "loop", "context": context}, {"callbacks": [timer]}):
         if isinstance(event, CodeEvent):
             stamps.append(time.perf_counter())
     setup = stamps[0] - started
-    return [b - a for a, b in itertools.pairwise(stamps)], setup
+    intervals, model_times = [], []
+    for a, b in itertools.pairwise(stamps):
+        intervals.append(b - a)
+        model_times.append(sum(end - start for start, end in timer.spans if a <= start < b))
+    return intervals, model_times, setup
 
 
 def _loop_replies() -> list[str]:
     step = _repl("x = len(context)\nprint(x)")
     return [step] * (OVERHEAD_ITERATIONS - 1) + [_repl("FINAL(str(x))")]
-
-
-def _bare_call_ms(server: ScriptedOpenAIServer, repeats: int = 50) -> float:
-    model = server.chat_model("bare")
-    model.invoke("warm up")
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        model.invoke("ping")
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1000
 
 
 def bench_overhead(sizes: list[int]) -> None:
@@ -220,43 +240,38 @@ def bench_overhead(sizes: list[int]) -> None:
         f"target <= {OVERHEAD_TARGET_MS} ms"
     )
     print(
-        f"{'context':>8} {'model':>22} {'median ms':>10} {'p90 ms':>8} {'bare call ms':>13} "
-        f"{'median - bare':>14} {'first turn s':>12}"
+        f"{'context':>8} {'model':>22} {'median ms':>10} {'p90 ms':>8} {'in model ms':>13} "
+        f"{'overhead ms':>14} {'first turn s':>12}"
     )
     warm = ScriptedChatModel(replies=_loop_replies(), model="root")
     _iteration_intervals(RLM(warm, sandbox=_sandbox()), "warm-up")
-    for size in sizes:
-        context = _context(size)
-        # in-process FAKE model
-        root = ScriptedChatModel(replies=_loop_replies(), model="root")
-        intervals, setup = _iteration_intervals(RLM(root, sandbox=_sandbox()), context)
-        _print_overhead(size, "fake (in-process)", intervals, None, setup)
-        # the same through ChatOpenAI and HTTP
-        wire = ScriptedOpenAIServer(
-            {"root": replies_responder(_loop_replies()), "bare": lambda r: "pong"}
-        )
-        wire.start()
-        try:
-            bare = _bare_call_ms(wire)
-            intervals, setup = _iteration_intervals(
-                RLM(wire.chat_model("root"), sandbox=_sandbox()), context
-            )
-            _print_overhead(size, "ChatOpenAI (loopback)", intervals, bare, setup)
-        finally:
-            wire.close()
+    with _RemoteServer("loop") as wire:
+        for size in sizes:
+            context = _context(size)
+            # in-process FAKE model
+            root = ScriptedChatModel(replies=_loop_replies(), model="root")
+            measured = _iteration_intervals(RLM(root, sandbox=_sandbox()), context)
+            _print_overhead(size, "fake (in-process)", *measured)
+            # the same through ChatOpenAI and HTTP (server in another process)
+            model = wire.chat_model("root")
+            _iteration_intervals(RLM(model, sandbox=_sandbox()), "warm-up")
+            measured = _iteration_intervals(RLM(model, sandbox=_sandbox()), context)
+            _print_overhead(size, "ChatOpenAI (loopback)", *measured)
 
 
 def _print_overhead(
-    size: int, label: str, intervals: list[float], bare: float | None, setup: float
+    size: int, label: str, intervals: list[float], model_times: list[float], setup: float
 ) -> None:
     ms = sorted(i * 1000 for i in intervals)
     median = statistics.median(ms)
     p90 = ms[int(0.9 * (len(ms) - 1))]
-    bare_text = f"{bare:>13.2f}" if bare is not None else f"{'-':>13}"
-    net = f"{median - bare:>14.2f}" if bare is not None else f"{'-':>14}"
+    model_ms = statistics.median(m * 1000 for m in model_times)
+    overhead = statistics.median(
+        (i - m) * 1000 for i, m in zip(intervals, model_times, strict=True)
+    )
     print(
-        f"{size // MB:>6}MB {label:>22} {median:>10.2f} {p90:>8.2f} {bare_text} {net} "
-        f"{setup:>12.3f}"
+        f"{size // MB:>6}MB {label:>22} {median:>10.2f} {p90:>8.2f} {model_ms:>13.2f} "
+        f"{overhead:>14.2f} {setup:>12.3f}"
     )
 
 

@@ -17,7 +17,7 @@ from langchain_rlm.events import (
 )
 from langchain_rlm.graph import RLMLimitError, RLMRootCallError, build_rlm_graph
 from langchain_rlm.result import ReplStep, RLMResult, SubCall
-from langchain_rlm.rlm import RLM, RLMInputError
+from langchain_rlm.rlm import RLM, RLMInput, RLMInputError
 from langchain_rlm.state import RLMRuntime, RLMSettings, RLMState
 from langchain_rlm.usage import Budgets, ModelPrice, ModelUsage
 
@@ -30,6 +30,7 @@ __all__ = [
     "ModelUsage",
     "OutputEvent",
     "RLMEvent",
+    "RLMInput",
     "RLMInputError",
     "RLMLimitError",
     "RLMResult",

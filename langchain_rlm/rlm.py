@@ -7,11 +7,14 @@ import contextlib
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, NotRequired, cast
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, ensure_config
+from langchain_core.tools import BaseTool
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from pydantic import BaseModel
+from typing_extensions import TypedDict
 
 from langchain_rlm.context import normalize_context
 from langchain_rlm.events import AnswerEvent, RLMEvent, to_event
@@ -37,7 +40,7 @@ from langchain_rlm.state import (
 )
 from langchain_rlm.usage import Budgets, ModelPrice, UsageMeter
 
-__all__ = ["RLM", "RLMInputError"]
+__all__ = ["RLM", "RLMInput", "RLMInputError"]
 
 STEPS_PER_ITERATION = 3
 """Graph nodes one root iteration runs (generate_code, execute, check_final)."""
@@ -49,11 +52,26 @@ RESERVED_NAMES = frozenset(
 )
 
 
+DEFAULT_TOOL_DESCRIPTION = (
+    "Answers `query` over `context` (a long text, a list of texts or documents, or a dict) "
+    "of any size, by exploring it with code instead of reading it whole."
+)
+
+
+class RLMInput(TypedDict):
+    """What :class:`RLM` takes."""
+
+    query: str
+    """The question (non-empty). Omit it on a checkpointed thread to resume an interrupted run."""
+    context: NotRequired[Any]
+    """A str, a list of str / documents / dicts, or a dict of JSON-like values."""
+
+
 class RLMInputError(ValueError):
     """The RLM was given input it cannot use; the message names the fix."""
 
 
-class RLM(Runnable[dict[str, Any], RLMResult]):
+class RLM(Runnable[RLMInput, RLMResult]):
     """A Recursive Language Model: answers a query over a context of any size.
 
     The context never enters a prompt. It is loaded as the variable ``context`` in a
@@ -266,7 +284,27 @@ class RLM(Runnable[dict[str, Any], RLMResult]):
             self._finish(runtime, thread_id)
         yield _answer_event(state, runtime, thread_id)
 
-    def answer_only(self) -> Runnable[dict[str, Any], str]:
+    def as_tool(
+        self,
+        args_schema: type[BaseModel] | None = None,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        arg_types: dict[str, type] | None = None,
+    ) -> BaseTool:
+        """A tool taking ``query`` and ``context`` that returns the answer string.
+
+        For an agent that should not carry the document through its own messages, bind
+        the context instead: :func:`langchain_rlm.agents.rlm_tool`.
+        """
+        return self.answer_only().as_tool(
+            args_schema,
+            name=name or "recursive_lm",
+            description=description or DEFAULT_TOOL_DESCRIPTION,
+            arg_types=arg_types,
+        )
+
+    def answer_only(self) -> Runnable[RLMInput, str]:
         """This RLM followed by a step that keeps only the answer string."""
         return self | RunnableLambda(_answer_of, name="answer")
 

@@ -248,3 +248,17 @@ def test_async_run_can_be_awaited_concurrently_with_others() -> None:
         return [r.answer for r in await asyncio.gather(*runs)]
 
     assert asyncio.run(main()) == [f"run {i}: a{i}" for i in range(4)]
+
+
+def test_as_tool_takes_query_and_context_and_returns_the_answer() -> None:
+    root = ScriptedChatModel(replies=[SECRET_CODE, "FINAL(k9)"], model="root")
+    tool = RLM(root).as_tool(name="long_doc_qa", description="Answers questions about a document.")
+    assert set(tool.args) == {"query", "context"}
+    assert tool.invoke({"query": "code?", "context": _context("k9")}) == "k9"
+
+
+def test_input_schema_names_query_and_context() -> None:
+    schema = RLM(ScriptedChatModel(replies=[], model="root")).get_input_jsonschema()
+    definition = schema["$defs"]["RLMInput"] if "$defs" in schema else schema
+    assert definition["required"] == ["query"]
+    assert set(definition["properties"]) == {"query", "context"}

@@ -17,6 +17,7 @@ __all__ = [
     "DEFAULT_PREVIEW_CHARS",
     "DEFAULT_STOP_SEQUENCES",
     "PROMPT_STYLES",
+    "SMALL_MODEL_PREFIXES",
     "SYSTEM_PROMPT",
     "SYSTEM_PROMPT_SMALL",
     "describe_context",
@@ -24,6 +25,7 @@ __all__ = [
     "finalize_prompt",
     "first_user_message",
     "no_code_nudge",
+    "prompt_style_for",
     "render_system_prompt",
     "repl_output_message",
 ]
@@ -140,6 +142,14 @@ appears after that cell is not enough, because the model copies the first code i
 
 PROMPT_STYLES = ("default", "small")
 """``default``: :data:`SYSTEM_PROMPT`; ``small``: :data:`SYSTEM_PROMPT_SMALL`."""
+
+SMALL_MODEL_PREFIXES = ("qwen2.5-coder-0.5b",)
+"""Root models that get the ``small`` prompt under ``prompt_style="auto"`` (measured)."""
+
+
+def prompt_style_for(model_name: str) -> str:
+    """The prompt style ``auto`` picks for a root model: ``small`` for known small models."""
+    return "small" if model_name.lower().startswith(SMALL_MODEL_PREFIXES) else "default"
 
 RECURSIVE_AVAILABLE = (
     "start a sub-agent with its own REPL over `context_subset` (a string, list or dict) "

@@ -19,8 +19,8 @@ from typing_extensions import TypedDict
 from langchain_rlm.context import normalize_context
 from langchain_rlm.events import AnswerEvent, RLMEvent, to_event
 from langchain_rlm.graph import build_rlm_graph
-from langchain_rlm.models import resolve_model
-from langchain_rlm.prompts import DEFAULT_STOP_SEQUENCES, PROMPT_STYLES
+from langchain_rlm.models import model_id, resolve_model
+from langchain_rlm.prompts import DEFAULT_STOP_SEQUENCES, PROMPT_STYLES, prompt_style_for
 from langchain_rlm.result import RLMResult
 from langchain_rlm.sandbox import get_sandbox
 from langchain_rlm.sandbox.base import (
@@ -156,12 +156,13 @@ class RLM(Runnable[RLMInput, RLMResult]):
         cell_timeout: float = DEFAULT_CELL_TIMEOUT,
         memory_mb: int | None = DEFAULT_MEMORY_MB,
         checkpointer: BaseCheckpointSaver[Any] | None = None,
-        prompt_style: str = "default",
+        prompt_style: str = "auto",
     ) -> None:
-        if prompt_style not in PROMPT_STYLES:
+        if prompt_style != "auto" and prompt_style not in PROMPT_STYLES:
             raise RLMInputError(
-                f"prompt_style={prompt_style!r} is unknown; choose from {', '.join(PROMPT_STYLES)} "
-                "('small' adds a worked example for small local models)"
+                f"prompt_style={prompt_style!r} is unknown; choose from auto, "
+                f"{', '.join(PROMPT_STYLES)} ('small' adds a worked example for small local "
+                "models; 'auto' picks it for the embedded local model)"
             )
         _positive_int("max_iterations", max_iterations)
         _positive_int("max_depth", max_depth)
@@ -185,6 +186,8 @@ class RLM(Runnable[RLMInput, RLMResult]):
                 f"invalid budget: {error}. Budgets must be positive numbers (or None for no limit)"
             ) from error
         self.model = resolve_model(model, role="model")
+        if prompt_style == "auto":
+            prompt_style = prompt_style_for(model_id(self.model))
         self.sub_model = resolve_model(sub_model, role="sub_model") if sub_model else self.model
         self.sandbox = get_sandbox(sandbox)
         self.tools = _tool_table(tools)

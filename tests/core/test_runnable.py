@@ -262,3 +262,13 @@ def test_input_schema_names_query_and_context() -> None:
     definition = schema["$defs"]["RLMInput"] if "$defs" in schema else schema
     assert definition["required"] == ["query"]
     assert set(definition["properties"]) == {"query", "context"}
+
+
+@pytest.mark.parametrize(("model_name", "small"), [("qwen2.5-coder-0.5b", True), ("root", False)])
+def test_auto_prompt_style_gives_the_embedded_small_model_the_worked_example(
+    model_name: str, small: bool
+) -> None:
+    root = ScriptedChatModel(replies=["FINAL(x)"], model=model_name)
+    RLM(root).invoke({"query": "q?", "context": "abc"})
+    system = message_text(root.calls[0].messages[0])
+    assert ("Example of a whole conversation" in system) is small

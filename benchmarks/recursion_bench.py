@@ -1,6 +1,6 @@
 """Recursion-at-scale benchmarks (issue 4): fan-out, per-iteration overhead, first-prompt
 size, peak memory. Each prints its ratios side by side; results go to
-``benchmarks/RESULTS_recursion.md``.
+``benchmarks/RESULTS.md``.
 
 Every model here is a FAKE: ``ScriptedChatModel`` in process, or ``ChatOpenAI`` talking HTTP
 to the scripted loopback server ``ScriptedOpenAIServer`` (the real client path; replies are

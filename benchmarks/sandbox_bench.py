@@ -1,7 +1,7 @@
 """Sandbox benchmark: start, restart, round trip, bridge and peak memory, side by side.
 
 Run: ``python benchmarks/sandbox_bench.py`` (writes nothing; paste the table into
-``benchmarks/RESULTS_sandbox.md``). Each figure is printed with its ratio to the target
+``benchmarks/RESULTS.md``). Each figure is printed with its ratio to the target
 (ratio <= 1.0 meets the target). The peak-memory figure is measured in a fresh child
 process so earlier measurements do not inflate the host's high-water mark.
 """

@@ -86,7 +86,7 @@ You answer a query about a long text stored in the Python variable `context` \
 REPL runs it and shows you what it printed (cut to {max_output_chars} characters). \
 Variables persist between turns.
 
-Example of a whole conversation:
+Example for a "What ...?" or "Which ...?" query (find a fact with re.findall):
 User: Query: Which city hosted the chess final?
 You:
 ```repl
@@ -103,19 +103,18 @@ User: REPL output:
 You:
 FINAL(Turin)
 
-Example of a counting question:
-User: Query: How many lines have the level [WARN]?
+Example for a "How many ...?" query only (count lines with every condition):
+User: Query: How many lines have the level [WARN] and come from the service 'disk'?
 You:
 ```repl
-import re
-hits = re.findall(r"[^.\\n]*\\[WARN\\][^.\\n]*", context)
+hits = [line for line in context.splitlines() if "[WARN]" in line and "disk" in line]
 print(len(hits), "matches")
 print(hits[:5])
 ```
 User: REPL output:
 ```
 37 matches
-['2024-01-01 10:00:00 [WARN] disk almost full', ...]
+['2024-01-01 10:00:00 [WARN] disk: almost full', ...]
 ```
 You:
 ```repl
@@ -124,7 +123,8 @@ FINAL(len(hits))
 
 Rules:
 - Search with the key words of the query; never print the whole context.
-- Count with code, never guess: for "how many", finish with FINAL(len(hits)) in code.
+- Count with code, never guess: put every condition of the query in the test; for \
+"how many", finish with FINAL(len(hits)) in code.
 - If a search finds nothing, try fewer or other key words.
 - Never repeat code whose output you have already seen.
 - `llm_query(prompt)` asks a sub-model about text you put in the prompt (at most \
@@ -136,9 +136,12 @@ You have {max_iterations} turns.\
 """
 """A compact system prompt with two worked examples, for small models
 (``prompt_style="small"``). Measured on the local Qwen2.5-Coder-0.5B
-(``benchmarks/RESULTS_quality.md``): with the default prompt it copies the prompt's first
+(``benchmarks/RESULTS.md``): with the default prompt it copies the prompt's first
 cell (``print(context[:500])``) turn after turn and never searches; a worked example that
-appears after that cell is not enough, because the model copies the first code it sees."""
+appears after that cell is not enough, because the model copies the first code it sees. It
+copies the nearest matching example, so each example is headed by the query type it is for;
+without those headings it used the counting cell for fact questions (needle 7/10 instead of
+10/10 at 100 k)."""
 
 PROMPT_STYLES = ("default", "small")
 """``default``: :data:`SYSTEM_PROMPT`; ``small``: :data:`SYSTEM_PROMPT_SMALL`."""
@@ -150,6 +153,7 @@ SMALL_MODEL_PREFIXES = ("qwen2.5-coder-0.5b",)
 def prompt_style_for(model_name: str) -> str:
     """The prompt style ``auto`` picks for a root model: ``small`` for known small models."""
     return "small" if model_name.lower().startswith(SMALL_MODEL_PREFIXES) else "default"
+
 
 RECURSIVE_AVAILABLE = (
     "start a sub-agent with its own REPL over `context_subset` (a string, list or dict) "

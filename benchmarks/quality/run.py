@@ -37,7 +37,7 @@ import httpx
 from langchain_core.messages import HumanMessage, SystemMessage
 
 from benchmarks.quality.tasks import DEFAULT_SEED, Task, build_tasks, is_correct, size_label
-from langchain_rlm import RLM
+from langchain_rlm import RLM, prompts
 from langchain_rlm.local_model import MODEL_ALIAS, LocalModelServer
 from langchain_rlm.prompts import DEFAULT_STOP_SEQUENCES
 
@@ -85,9 +85,8 @@ def run_rlm(task: Task, chat: Any, args: argparse.Namespace) -> dict[str, Any]:
         "timeout": args.task_timeout,
         "sub_prompt_chars": args.sub_prompt_chars,
         "stop": None if args.no_stop else DEFAULT_STOP_SEQUENCES,
+        "prompt_style": args.prompt_style,  # explicit: the RLM's own default is "auto"
     }
-    if args.prompt_style != "default":
-        kwargs["prompt_style"] = args.prompt_style
     rlm = RLM(chat, **kwargs)
     started = time.monotonic()
     result = rlm.invoke({"query": task.query, "context": task.context})
@@ -214,8 +213,9 @@ def _group_order(group: str) -> tuple[int, int]:
 
 def render_table(records: Iterable[dict[str, Any]], variants: Sequence[str] | None = None) -> str:
     """Markdown table: per variant, mode and group — accuracy, wall time, tokens, calls."""
+    latest = {record_key(record): record for record in records}  # a rerun's record wins
     buckets: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
-    for record in records:
+    for record in latest.values():
         if variants and record["variant"] not in variants:
             continue
         buckets[(record["variant"], record["mode"], record["group"])].append(record)
@@ -279,9 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-stop", action="store_true", help="no stop sequences")
     parser.add_argument(
         "--prompt-style",
-        default="default",
+        default="small",
         choices=["default", "small"],
-        help="RLM prompt_style ('small' adds a worked example)",
+        help="RLM prompt_style ('small': the worked-example prompt; default %(default)s)",
+    )
+    parser.add_argument(
+        "--small-prompt-file",
+        type=Path,
+        help="experiment hook: a file replacing prompts.SYSTEM_PROMPT_SMALL for this run",
     )
     parser.add_argument("--n-ctx", type=int, default=DEFAULT_N_CTX, help="server window")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSONL of results")
@@ -296,6 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.report:
         print(render_table(load_records(args.out)))
         return 0
+    if args.small_prompt_file is not None:
+        prompts.SYSTEM_PROMPT_SMALL = args.small_prompt_file.read_text(encoding="utf-8")
     tasks = [
         t
         for t in build_tasks(parse_groups(args.groups), args.tasks, args.seed)

@@ -1,6 +1,6 @@
 """The default sandbox: one confined worker process per session.
 
-Design (measurements in ``benchmarks/RESULTS_sandbox.md``):
+Design (measurements in ``benchmarks/RESULTS.md``):
 
 * **Spawn**: ``python -I -c <bootstrap>`` with an *empty* environment (no API keys),
   ``stdin``/``stdout``/``stderr`` on ``/dev/null``, its own session and process group

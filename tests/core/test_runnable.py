@@ -271,4 +271,4 @@ def test_auto_prompt_style_gives_the_embedded_small_model_the_worked_example(
     root = ScriptedChatModel(replies=["FINAL(x)"], model=model_name)
     RLM(root).invoke({"query": "q?", "context": "abc"})
     system = message_text(root.calls[0].messages[0])
-    assert ("Example of a whole conversation" in system) is small
+    assert ("Which city hosted the chess final?" in system) is small

@@ -21,15 +21,16 @@ def test_small_style_sends_the_worked_example_and_stays_small() -> None:
     messages = root.calls[0].messages
     system, first_user = message_text(messages[0]), message_text(messages[1])
     assert result.answer == "done"
-    assert "Example of a whole conversation" in system
+    assert "Which city hosted the chess final?" in system
     assert "FINAL(len(hits))" in system
+    assert "How many ...?" in system
     assert len(system) + len(first_user) < FIRST_PROMPT_LIMIT
 
 
 def test_default_style_has_no_worked_example() -> None:
     root = ScriptedChatModel(replies=["FINAL(done)"], model="root")  # FAKE model
     RLM(root, sandbox="local").invoke({"query": "q?", "context": "abc"})
-    assert "Example of a whole conversation" not in message_text(root.calls[0].messages[0])
+    assert "Which city hosted the chess final?" not in message_text(root.calls[0].messages[0])
 
 
 def test_unknown_prompt_style_is_rejected_with_the_choices() -> None:

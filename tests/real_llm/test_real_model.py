@@ -40,12 +40,15 @@ MAX_LLM_CALLS = 16
 ROOT_MAX_TOKENS = 384
 REQUEST_TIMEOUT_S = 300.0
 PROMPT_STYLE = "small"
-"""The worked-example prompt; measured better for this model (benchmarks/RESULTS_quality.md)."""
+"""The worked-example prompt; measured better for this model (benchmarks/RESULTS.md)."""
 MAX_OUTPUT_CHARS = 2000
 SUB_PROMPT_CHARS = 16_000
 """Sub-prompts must fit the local server's 8k-token window."""
 
 NEEDLE_CHARS = 200_000
+SENTENCES_PER_PARAGRAPH = 6
+"""Prose comes in paragraphs, like real text (a 200k-character single line made the model's
+line filter print one huge line: see benchmarks/RESULTS.md)."""
 LOG_CHARS = 60_000
 
 WORDS_TEXT = (
@@ -76,7 +79,11 @@ def _prose(rng: random.Random, chars: int) -> str:
         sentence = " ".join(words).capitalize() + "."
         sentences.append(sentence)
         total += len(sentence) + 1
-    return " ".join(sentences)
+    paragraphs = (
+        " ".join(sentences[i : i + SENTENCES_PER_PARAGRAPH])
+        for i in range(0, len(sentences), SENTENCES_PER_PARAGRAPH)
+    )
+    return "\n\n".join(paragraphs)
 
 
 def _log(rng: random.Random, chars: int, error_every: int) -> tuple[list[str], int]:

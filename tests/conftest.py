@@ -119,3 +119,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if skipped:
         print(f"\nRLM_NO_SKIPS=1: {len(skipped)} test(s) skipped; failing the run.")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(autouse=True)
+def _no_remote_tracing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never send traces anywhere: only loopback traffic is allowed."""
+    for name in ("LANGSMITH_TRACING", "LANGCHAIN_TRACING_V2", "LANGSMITH_API_KEY"):
+        monkeypatch.delenv(name, raising=False)

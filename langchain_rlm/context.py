@@ -8,7 +8,6 @@ never mutated: lists and dicts are copied (strings are immutable and shared).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -95,10 +94,3 @@ def _json_like(value: Any, where: str, *, lenient: bool = False) -> Any:
         f"{where} is a {type(value).__name__}, which cannot be loaded into the REPL: "
         f"pass {SUPPORTED} (convert it with str() or to a dict first)"
     )
-
-
-def context_size_bytes(context: Any) -> int:
-    """Rough size of a normalized context, for memory limits."""
-    if isinstance(context, str):
-        return len(context)
-    return len(json.dumps(context, ensure_ascii=False))

@@ -242,7 +242,7 @@ class SubCallRunner:
         return list(await asyncio.gather(*(guarded(prompt, subset) for prompt, subset in items)))
 
     def _cancelled_record(self, kind: str, prompt: str) -> SubCallRecord:
-        record = _new_record(kind, self._model_name(kind), self.runtime.depth, prompt)
+        record = _new_record(kind, self._sub_model_name(), self.runtime.depth, prompt)
         record["error"] = CANCELLED_MESSAGE
         return record
 
@@ -251,7 +251,7 @@ class SubCallRunner:
     ) -> tuple[SubCallRecord, SubCallRecord | None, RunnableConfig]:
         """A new record (or the replayed one) and the sub-call's config; emits the start."""
         runtime = self.runtime
-        record = _new_record(kind, self._model_name(kind), runtime.depth, prompt)
+        record = _new_record(kind, self._sub_model_name(), runtime.depth, prompt)
         replayed = self._from_replay(record)
         if replayed is not None:
             return record, replayed, config
@@ -481,7 +481,7 @@ class SubCallRunner:
         window = context_window_chars(self.runtime.sub_model)
         return int(window * WINDOW_SHARE) if window else DEFAULT_SUB_PROMPT_CHARS
 
-    def _model_name(self, kind: str) -> str:
+    def _sub_model_name(self) -> str:
         return model_id(self.runtime.sub_model)
 
     def _from_replay(self, record: SubCallRecord) -> SubCallRecord | None:

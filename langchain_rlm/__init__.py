@@ -17,8 +17,10 @@ from langchain_rlm.events import (
 )
 from langchain_rlm.graph import RLMLimitError, RLMRootCallError, build_rlm_graph
 from langchain_rlm.result import ReplStep, RLMResult, SubCall
-from langchain_rlm.rlm import RLM, RLMInput, RLMInputError
-from langchain_rlm.state import RLMRuntime, RLMSettings, RLMState
+from langchain_rlm.rlm import RLM, RLMClosed, RLMInput, RLMInputError
+from langchain_rlm.runtime import RLMConfig, RLMRuntime, build_config, new_runtime
+from langchain_rlm.sessions import RLMThreadBusyError
+from langchain_rlm.state import RLMSettings, RLMState
 from langchain_rlm.usage import Budgets, ModelPrice, ModelUsage
 
 __all__ = [
@@ -29,6 +31,8 @@ __all__ = [
     "ModelPrice",
     "ModelUsage",
     "OutputEvent",
+    "RLMClosed",
+    "RLMConfig",
     "RLMEvent",
     "RLMInput",
     "RLMInputError",
@@ -38,9 +42,12 @@ __all__ = [
     "RLMRuntime",
     "RLMSettings",
     "RLMState",
+    "RLMThreadBusyError",
     "ReplStep",
     "SubCall",
     "SubCallEndEvent",
     "SubCallStartEvent",
+    "build_config",
     "build_rlm_graph",
+    "new_runtime",
 ]

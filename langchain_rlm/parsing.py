@@ -13,6 +13,7 @@ Real models (see the design notes) do three things this module must survive:
 from __future__ import annotations
 
 import ast
+import keyword
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -20,6 +21,7 @@ from typing import Literal
 __all__ = [
     "FinalDirective",
     "ParsedReply",
+    "is_variable_reference",
     "parse_reply",
 ]
 
@@ -116,41 +118,71 @@ def _find_final(prose: str) -> FinalDirective | None:
     return FinalDirective(kind=kind, value=_unquote(inner.strip()))
 
 
+CONVENTIONAL_RESULT_NAMES = frozenset(
+    {"result", "results", "answer", "final_answer", "final", "output", "res", "ans", "out"}
+    | {"count", "total", "value", "summary", "response", "answer_text", "final_result"}
+)
+"""Names models give the variable that holds their answer."""
+
+
+def is_variable_reference(value: str, code: str = "") -> bool:
+    """True when a prose ``FINAL(value)`` names a variable rather than giving text.
+
+    A bare identifier is a variable reference when the model's own ``code`` uses that
+    name, or when it is one of :data:`CONVENTIONAL_RESULT_NAMES`. Any other word, such as
+    ``FINAL(Paris)`` or ``FINAL(yes)``, is a one-word answer.
+    """
+    name = value.strip()
+    if not name.isidentifier() or keyword.iskeyword(name):
+        return False
+    return name in CONVENTIONAL_RESULT_NAMES or re.search(rf"\b{name}\b", code) is not None
+
+
+MAX_LITERAL_CANDIDATES = 64
+"""Closing parentheses tried when looking for a FINAL argument that is Python."""
+
+
 def _balanced_argument(text: str, start: int) -> str:
     """Text from ``start`` to the parenthesis that closes the one before it.
 
-    Quotes are respected so ``FINAL("a (b")`` works. When the parentheses never balance,
-    everything up to the last ``)`` (or the end) is taken: a truncated answer beats none.
+    First the shortest argument that is a Python expression (so ``FINAL("a (b")`` and
+    ``FINAL(f(x))`` work); else the parentheses are counted in the text as prose, where
+    a quote is an apostrophe (``FINAL(The author's name is Bob)``). When they never
+    balance, the rest of the line is taken: a truncated answer beats none.
     """
+    python = _python_argument(text, start)
+    if python is not None:
+        return python
     depth = 1
-    quote: str | None = None
-    index = start
-    while index < len(text):
+    for index in range(start, len(text)):
         char = text[index]
-        if quote:
-            if char == "\\":
-                index += 2
-                continue
-            if text.startswith(quote, index):
-                index += len(quote)
-                quote = None
-                continue
-        elif text.startswith(('"""', "'''"), index):
-            quote = text[index : index + 3]
-            index += 3
-            continue
-        elif char in "\"'":
-            quote = char
-        elif char == "(":
+        if char == "(":
             depth += 1
         elif char == ")":
             depth -= 1
             if depth == 0:
                 return text[start:index]
-        index += 1
-    rest = text[start:]
-    last = rest.rfind(")")
-    return rest[:last] if last >= 0 else rest
+    line = text[start:].split("\n", 1)[0]
+    return line[: line.rfind(")")] if ")" in line else line
+
+
+def _python_argument(text: str, start: int) -> str | None:
+    """The shortest ``text[start:i]`` (``text[i] == ")"``) that parses as an expression."""
+    position = start
+    for _ in range(MAX_LITERAL_CANDIDATES):
+        index = text.find(")", position)
+        if index < 0:
+            return None
+        candidate = text[start:index]
+        if candidate.strip():
+            try:
+                ast.parse(candidate.strip(), mode="eval")
+            except (SyntaxError, ValueError):
+                pass
+            else:
+                return candidate
+        position = index + 1
+    return None
 
 
 def _unquote(value: str) -> str:

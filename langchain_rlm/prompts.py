@@ -4,14 +4,26 @@ The root conversation is append-only: one system message, then the first user me
 (query plus a *description* of the context, never the context), then pairs of
 assistant replies and user messages carrying the (truncated) REPL output. A stable
 prefix lets provider-side prompt caches hit.
+
+The description is structure-aware (:mod:`langchain_rlm.describe`): the shape of the
+context (delimited records, JSON lines, log lines, text, a list of records or texts, a
+dict of documents), its fields, counts, a few sample records and one line of Python that
+reads that shape. Both prompt styles then teach the same generic method: read the
+records, select the ones matching every condition of the query, compute the answer in
+Python and finish with the computed value; for questions about meaning, ask a sub-model
+about every chunk with ``llm_query_batched``. No worked example uses a question of the
+quality benchmark (``benchmarks/quality``), and no example ends in a literal number a
+model could copy as its answer (issue 13: the 0.5B model copied ``FINAL(5)``-style counts
+from a "How many" example).
 """
 
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from langchain_rlm import describe
 
 __all__ = [
     "DEFAULT_PREVIEW_CHARS",
@@ -20,10 +32,12 @@ __all__ = [
     "SMALL_MODEL_PREFIXES",
     "SYSTEM_PROMPT",
     "SYSTEM_PROMPT_SMALL",
+    "budget_note",
     "describe_context",
     "describe_tools",
     "finalize_prompt",
     "first_user_message",
+    "format_description",
     "no_code_nudge",
     "prompt_style_for",
     "render_system_prompt",
@@ -66,27 +80,69 @@ the variable called `name` (a string with the variable's name).
 Modules you may import: {modules}. No files, network or subprocesses.{tools}
 
 ## How to work
-1. Peek: print the length, the type and a short slice of `context` to see its structure.
-2. Search: use `re` or string methods to find the parts that matter.
-3. Partition and map: split big inputs into chunks and ask `llm_query_batched` one \
-question per chunk; reduce the answers in Python.
-4. Summarise hierarchically when everything matters: summarise chunks, then summaries.
-5. Recurse with `recursive_lm` on a subset that needs its own exploration.
-Compute exact answers (counts, sums, dates) with Python, not by guessing.
+1. Peek: the first message describes `context`: its shape (delimited records, JSON \
+lines, log lines, text, a list of records or texts, a dict of documents), its fields, \
+counts, a few sample records and a line of code that reads it. Print more only if that \
+is not enough.
+2. Records and lines (counts, totals, averages, most or least frequent, distinct \
+values, filters): read them into Python values, select the records that match every \
+condition of the query, and compute the answer in Python from the selection; print how \
+many records you selected and a few of them to check the conditions. A list context is \
+already parsed: loop over it (it has no `.splitlines()`); a dict: use its keys.
+3. Search text: use `re` or string methods to find the parts that matter.
+4. Meaning that key words cannot find: split the context into chunks and ask \
+`llm_query_batched` one question per chunk (asking for "NONE" when a chunk has no \
+answer); reduce the answers in Python.
+5. Summarise hierarchically when everything matters: summarise chunks, then summaries.
+6. Recurse with `recursive_lm` on a subset that needs its own exploration.
+Compute exact answers (counts, sums, averages, dates) with Python, not by guessing, and \
+take every name and value in your conditions from the query and the description, not \
+from these instructions.
 
 ## Finishing
-When you know the answer, call `FINAL(answer)` in code, or write FINAL(answer) on its \
-own line after your code block. Write the answer itself, never a description of it. \
-Do not write the REPL output yourself; wait for it. You have {max_iterations} turns.\
+When you know the answer, call `FINAL(answer)` in code with the computed value (e.g. \
+`FINAL(total)`), or write FINAL(answer) on its own line after your code block. Write the \
+answer itself, never a description of it, and only a value you computed or saw in REPL \
+output. Do not write the REPL output yourself; wait for it. You have {max_iterations} \
+turns.\
 """
 
 SYSTEM_PROMPT_SMALL = """\
-You answer a query about a long text stored in the Python variable `context` \
-({context_type}). You cannot read it directly. Write Python code in a ```repl block; the \
+You answer a query about data stored in the Python variable `context` ({context_type}). \
+You cannot read it directly: the user message describes it (its shape, fields, first \
+records and a line of code that reads it). Write Python code in a ```repl block; the \
 REPL runs it and shows you what it printed (cut to {max_output_chars} characters). \
 Variables persist between turns.
 
-Example for a "What ...?" or "Which ...?" query (find a fact with re.findall):
+{examples}
+
+Rules:
+- Use the names, fields and values of the query and the description, not those of the \
+example; put every condition of the query in your code.
+- Compute numbers with code, never guess; finish with FINAL(variable) in code.
+- If a search finds nothing, try fewer or other key words.
+- Never repeat code whose output you have already seen.
+- `llm_query(prompt)` asks a sub-model about text you put in the prompt (at most \
+{sub_prompt_chars} characters); `llm_query_batched(prompts)` asks many at once.
+- Modules you may import: {modules}.{tools}
+- Wait for the REPL output before you answer; never write it yourself.
+- When you know the answer, reply FINAL(answer) on its own line with the answer itself.
+You have {max_iterations} turns.\
+"""
+"""The compact system prompt for small models (``prompt_style="small"``); ``{examples}`` is
+filled with the worked examples that suit the context's shape (:func:`small_examples`).
+
+Measured on the local Qwen2.5-Coder-0.5B (``benchmarks/RESULTS.md``). It copies the first
+code it sees: with the default prompt it copied ``print(context[:500])`` turn after turn;
+with a fact-search example first it ran that example's ``re.findall`` on CSV rows, JSON
+lines and even on a list (``TypeError``), seven times in a row (issue 13). So the first
+example is the one for the context's shape, chosen from the description, and each example
+is headed by the kind of question it is for. No example ends in a literal number (the model
+copied the count of a "How many" example as its answer on unrelated questions), and no
+example uses a benchmark question's conditions."""
+
+FACT_EXAMPLE = """\
+Example for a question about a fact in a text:
 User: Query: Which city hosted the chess final?
 You:
 ```repl
@@ -101,47 +157,142 @@ User: REPL output:
 ['The chess final was held in Turin after the long winter']
 ```
 You:
-FINAL(Turin)
+FINAL(Turin)"""
 
-Example for a "How many ...?" query only (count lines with every condition):
-User: Query: How many lines have the level [WARN] and come from the service 'disk'?
+RECORDS_EXAMPLE = """\
+Example for "How many ...?", "What is the total / average ...?" over the records:
+User: Query: What is the total weight of the parcels sent to Oslo?
 You:
 ```repl
-hits = [line for line in context.splitlines() if "[WARN]" in line and "disk" in line]
-print(len(hits), "matches")
+{read}
+sel = [r for r in rows if {city} == "Oslo"]  # one test per condition of the query
+result = sum(float({weight}) for r in sel)
+if sel:
+    FINAL(result)
+print("0 selected: fix the conditions")
+```
+
+Example for "How many different ...?" over the records:
+User: Query: How many different cities received parcels by air?
+You:
+```repl
+{read}
+sel = [r for r in rows if {transport} == "air"]
+result = len(set({city} for r in sel))
+if sel:
+    FINAL(result)
+print("0 selected: fix the conditions")
+```
+
+Example for "Which ... most often?" over the records:
+User: Query: Which city received the most parcels by air?
+You:
+```repl
+{read}
+from collections import Counter
+sel = [r for r in rows if {transport} == "air"]
+result = Counter({city} for r in sel).most_common(1)[0][0]
+if sel:
+    FINAL(result)
+print("0 selected: fix the conditions")
+```"""
+
+LINES_EXAMPLE = """\
+Example for "How many ...?" over the lines:
+User: Query: How many lines report a timeout?
+You:
+```repl
+{read}
+sel = [r for r in rows if "timeout" in r]  # one test per condition of the query
+result = len(sel)
+if sel:
+    FINAL(result)
+print("0 selected: fix the conditions")
+```
+
+Example for "How many different ...?" or "Which ... most often?" over the lines:
+User: Query: How many different regions report a timeout?
+You:
+```repl
+{read}
+import re
+from collections import Counter
+sel = [r for r in rows if "timeout" in r]
+values = [re.search(r"region=(\\S+)", r).group(1) for r in sel]
+result = len(set(values))  # most often: Counter(values).most_common(1)[0][0]
+if sel:
+    FINAL(result)
+print("0 selected: fix the conditions")
+```
+"""
+
+DOCUMENTS_EXAMPLE = """\
+Example for a question about named documents:
+User: Query: Which deadline does the document 'canal-survey' give?
+You:
+```repl
+import re
+text = context["canal-survey"]
+hits = re.findall(r"[^.]*deadline[^.]*", text, re.IGNORECASE)
 print(hits[:5])
 ```
 User: REPL output:
 ```
-37 matches
-['2024-01-01 10:00:00 [WARN] disk: almost full', ...]
+['The deadline of the survey is the end of May']
 ```
 You:
-```repl
-FINAL(len(hits))
-```
+FINAL(the end of May)
+To find which document says something: \
+`hits = [key for key, text in context.items() if "some words" in text]`."""
 
-Rules:
-- Search with the key words of the query; never print the whole context.
-- Count with code, never guess: put every condition of the query in the test; for \
-"how many", finish with FINAL(len(hits)) in code.
-- If a search finds nothing, try fewer or other key words.
-- Never repeat code whose output you have already seen.
-- `llm_query(prompt)` asks a sub-model about text you put in the prompt (at most \
-{sub_prompt_chars} characters); `llm_query_batched(prompts)` asks many at once.
-- Modules you may import: {modules}.{tools}
-- Wait for the REPL output before you answer; never write it yourself.
-- When you know the answer, reply FINAL(answer) on its own line with the answer itself.
-You have {max_iterations} turns.\
-"""
-"""A compact system prompt with two worked examples, for small models
-(``prompt_style="small"``). Measured on the local Qwen2.5-Coder-0.5B
-(``benchmarks/RESULTS.md``): with the default prompt it copies the prompt's first
-cell (``print(context[:500])``) turn after turn and never searches; a worked example that
-appears after that cell is not enough, because the model copies the first code it sees. It
-copies the nearest matching example, so each example is headed by the query type it is for;
-without those headings it used the counting cell for fact questions (needle 7/10 instead of
-10/10 at 100 k)."""
+COMPUTE_HINTS = """\
+Other answers: average: `sum(...) / len(sel)`; least often: \
+`Counter(...).most_common()[-1][0]`; highest: `max(sel, key=lambda r: ...)`. If `context` is \
+a list, it is already parsed: never call `.splitlines()` on it."""
+
+MAP_REDUCE_EXAMPLE = """\
+Example for a question about meaning that key words cannot find (ask a sub-model about \
+every chunk):
+```repl
+text = context if isinstance(context, str) else "\\n".join(map(str, context))
+chunks = [text[i:i + {chunk}] for i in range(0, len(text), {chunk})]
+answers = llm_query_batched(["Does this text report that a parcel was lost? If so, \
+name the parcel; if not, reply NONE.\\n\\n" + c for c in chunks])
+print([a for a in answers if "NONE" not in a])
+```"""
+
+DICT_ROW_FIELDS = {"city": 'r["city"]', "weight": 'r["weight"]', "transport": 'r["transport"]'}
+NESTED_ROW_FIELDS = {
+    "city": 'r["metadata"]["city"]',
+    "weight": 'r["metadata"]["weight"]',
+    "transport": 'r["metadata"]["transport"]',
+}
+EXAMPLE_READ = {
+    "delimited": describe.delimited_read_code(","),
+    "json_lines": "import json; rows = [json.loads(line) for line in context.splitlines() "
+    "if line.strip()]",
+    "records": "rows = context",
+    "log_lines": "rows = context.splitlines()",
+    "strings": "rows = context",
+}
+TYPE_KINDS = {"list[dict]": "records", "list[str]": "strings", "dict": "documents"}
+
+
+def small_examples(kind: str | None, sub_prompt_chars: int) -> str:
+    """The worked examples for a context of this shape (``kind`` from the description)."""
+    map_reduce = MAP_REDUCE_EXAMPLE.replace("{chunk}", str(chunk_chars_for(sub_prompt_chars)))
+    if kind in ("delimited", "json_lines", "records"):
+        fields = NESTED_ROW_FIELDS if kind == "records" else DICT_ROW_FIELDS
+        example = RECORDS_EXAMPLE.format(read=EXAMPLE_READ[kind], **fields)
+        return f"{example}\n\n{COMPUTE_HINTS}"
+    if kind in ("log_lines", "strings"):
+        example = LINES_EXAMPLE.replace("{read}", EXAMPLE_READ[kind])
+        parts = [example, COMPUTE_HINTS] + ([map_reduce] if kind == "strings" else [])
+        return "\n\n".join(parts)
+    if kind == "documents":
+        return f"{DOCUMENTS_EXAMPLE}\n\n{map_reduce}"
+    return f"{FACT_EXAMPLE}\n\n{map_reduce}"
+
 
 PROMPT_STYLES = ("default", "small")
 """``default``: :data:`SYSTEM_PROMPT`; ``small``: :data:`SYSTEM_PROMPT_SMALL`."""
@@ -170,9 +321,12 @@ Query: {query}
 The context is loaded as `context`:
 {description}
 
-Start by looking at the context; do not answer before you have seen the relevant parts. \
+{next_step} Do not answer before you have seen the relevant parts.
+Query: {query}
 Reply with a ```repl block.\
 """
+"""The query comes first and again last: the description's sample records sit in between,
+and the 0.5B model took its search key from a sample record instead of the query."""
 
 REPL_OUTPUT_MESSAGE = """\
 REPL output{label}:
@@ -193,14 +347,26 @@ FINALIZE_PROMPT = """\
 """
 
 NEXT_STEP_HINT = (
-    "\nIf this output answers the query, reply FINAL(answer) with the answer itself; "
-    "otherwise write new code in a ```repl block."
+    "\nYour variables still exist: never run the same code again. If this output answers "
+    "the query, reply FINAL(answer) with the answer itself; if it shows an error, change "
+    "the line that failed; otherwise write new code in a ```repl block that uses your "
+    "variables to go one step further."
 )
 """Closes every REPL output message (the budget note now opens it). Measured on the local 0.5B
 model: with the budget note last and no hint, it often replied with the note's turn count
 ("4", or ``FINAL(3)``) instead of acting on the output."""
 
 TRUNCATION_MARKER = "\n... [{omitted} more characters not shown; print smaller slices] ..."
+
+
+CHUNK_SHARE = 0.75
+"""Share of the sub-prompt budget one chunk fills in the map-reduce example."""
+MIN_CHUNK_CHARS = 1_000
+
+
+def chunk_chars_for(sub_prompt_chars: int) -> int:
+    """Chunk size for the map-reduce example: most of a sub-prompt, in round thousands."""
+    return max(MIN_CHUNK_CHARS, int(sub_prompt_chars * CHUNK_SHARE) // 1000 * 1000)
 
 
 def render_system_prompt(
@@ -213,16 +379,24 @@ def render_system_prompt(
     modules: Sequence[str],
     tools: Mapping[str, Callable[..., Any]] | None = None,
     style: str = "default",
+    description: Mapping[str, Any] | None = None,
 ) -> str:
-    """The system prompt with this run's facts filled in (``style``: see :data:`PROMPT_STYLES`)."""
+    """The system prompt with this run's facts filled in (``style``: see :data:`PROMPT_STYLES`).
+
+    ``description`` (from :func:`describe_context`) picks the small style's worked examples
+    by the context's shape; without it the shape is guessed from ``context_type``.
+    """
     if style not in PROMPT_STYLES:
         raise ValueError(f"unknown prompt style {style!r}; choose from {', '.join(PROMPT_STYLES)}")
     template = SYSTEM_PROMPT_SMALL if style == "small" else SYSTEM_PROMPT
+    kind = description.get("kind") if description else TYPE_KINDS.get(context_type)
     return template.format(
+        examples=small_examples(kind, sub_prompt_chars),
         context_type=context_type,
         max_iterations=max_iterations,
         max_output_chars=max_output_chars,
         sub_prompt_chars=f"{sub_prompt_chars:,}",
+        chunk_chars=chunk_chars_for(sub_prompt_chars),
         recursive_description=RECURSIVE_AVAILABLE if can_recurse else RECURSIVE_LEAF,
         modules=", ".join(modules),
         tools=describe_tools(tools or {}),
@@ -230,78 +404,26 @@ def render_system_prompt(
 
 
 def describe_context(context: Any, preview_chars: int = DEFAULT_PREVIEW_CHARS) -> dict[str, Any]:
-    """A small, JSON-able description of the context: type, sizes, a preview.
+    """A small, JSON-able, structure-aware description of the context.
 
-    Cost is O(number of items), never O(characters) for a string, so a 100 MB string
-    is described in microseconds.
+    See :func:`langchain_rlm.describe.describe_context`: the shape, fields, counts and a
+    sample of a few records, bounded in size whatever the context's size.
     """
-    if isinstance(context, str):
-        return {
-            "type": "str",
-            "total_chars": len(context),
-            "lines_hint": context.count("\n", 0, 1_000_000) if len(context) < 1_000_000 else None,
-            "preview": context[:preview_chars],
-        }
-    if isinstance(context, list):
-        lengths = [_item_chars(item) for item in context]
-        first = context[0] if context else None
-        return {
-            "type": f"list[{_type_name(first)}]" if context else "list",
-            "items": len(context),
-            "total_chars": sum(lengths),
-            "item_chars_min": min(lengths, default=0),
-            "item_chars_max": max(lengths, default=0),
-            "first_item_keys": sorted(first.keys())[:20] if isinstance(first, dict) else None,
-            "preview": _preview(first, preview_chars),
-        }
-    if isinstance(context, dict):
-        keys = list(context.keys())
-        return {
-            "type": "dict",
-            "keys": len(keys),
-            "first_keys": [str(key) for key in keys[:20]],
-            "total_chars": sum(_item_chars(value) for value in context.values()),
-            "preview": _preview(context, preview_chars),
-        }
-    raise TypeError(f"cannot describe a context of type {type(context).__name__}")
-
-
-def _item_chars(item: Any) -> int:
-    if isinstance(item, str):
-        return len(item)
-    if isinstance(item, dict):
-        return sum(_item_chars(value) for value in item.values())
-    if isinstance(item, list):
-        return sum(_item_chars(value) for value in item)
-    return len(str(item))
-
-
-def _type_name(item: Any) -> str:
-    return type(item).__name__
-
-
-def _preview(item: Any, limit: int) -> str:
-    text = item if isinstance(item, str) else json.dumps(item, default=str)[: limit + 1]
-    return text[:limit]
+    return describe.describe_context(context, preview_chars)
 
 
 def format_description(description: Mapping[str, Any]) -> str:
-    """The description as short ``key: value`` lines for the first user message."""
-    lines = []
-    for key, value in description.items():
-        if value is None:
-            continue
-        if key == "preview":
-            lines.append(f"- preview (first {len(value)} characters): {value!r}")
-        elif isinstance(value, int) and not isinstance(value, bool):
-            lines.append(f"- {key}: {value:,}")
-        else:
-            lines.append(f"- {key}: {value}")
-    return "\n".join(lines)
+    """The description as short lines for the first user message (with a read hint)."""
+    return describe.format_description(description)
 
 
 def first_user_message(query: str, description: Mapping[str, Any]) -> str:
-    return FIRST_USER_MESSAGE.format(query=query, description=format_description(description))
+    """The query, the context's description and the first step suited to its shape."""
+    return FIRST_USER_MESSAGE.format(
+        query=query,
+        description=format_description(description),
+        next_step=describe.first_step(description),
+    )
 
 
 def truncate_output(text: str, limit: int) -> str:
@@ -311,11 +433,18 @@ def truncate_output(text: str, limit: int) -> str:
     return text[:limit] + TRUNCATION_MARKER.format(omitted=len(text) - limit)
 
 
+LAST_TURN_NOTE = " Your next reply is your last turn: reply FINAL(answer) in it."
+NO_TURN_NOTE = " No turns are left."
+
+
 def budget_note(iteration: int, max_iterations: int, extra: str = "") -> str:
-    left = max_iterations - iteration
+    """``[k of n turns left]``; "last turn" only when exactly one reply is left."""
+    left = max(0, max_iterations - iteration)
     note = f"[{left} of {max_iterations} turns left{extra}]"
-    if left <= 1:
-        note += " This is your last turn: call FINAL(answer) now."
+    if left == 1:
+        note += LAST_TURN_NOTE
+    elif left == 0:
+        note += NO_TURN_NOTE
     return "\n" + note
 
 

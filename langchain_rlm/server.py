@@ -47,7 +47,7 @@ import os
 import threading
 import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -57,16 +57,17 @@ from langgraph.graph.state import CompiledStateGraph
 from langchain_rlm.context import normalize_context
 from langchain_rlm.graph import build_rlm_graph
 from langchain_rlm.models import resolve_model
-from langchain_rlm.sandbox import get_sandbox
-from langchain_rlm.sandbox.base import DEFAULT_CELL_TIMEOUT, DEFAULT_MEMORY_MB, SandboxLimits
+from langchain_rlm.prompts import DEFAULT_STOP_SEQUENCES
+from langchain_rlm.runtime import RLMRuntime, build_config, new_runtime
+from langchain_rlm.sandbox.base import DEFAULT_CELL_TIMEOUT
 from langchain_rlm.state import (
+    DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_ITERATIONS,
     DEFAULT_MAX_OUTPUT_CHARS,
-    RLMRuntime,
-    RLMSettings,
+    DEFAULT_MAX_RETRIES,
     RLMState,
 )
-from langchain_rlm.usage import Budgets, UsageMeter
+from langchain_rlm.usage import ModelPrice
 
 __all__ = ["GRAPH_NAME", "RLMServerContext", "graph", "make_graph"]
 
@@ -94,7 +95,10 @@ class RLMServerContext:
     """The JSON-able runtime context of a server run: the raw context and the run's knobs.
 
     Send it as the run's ``context``. It is never checkpointed; the graph builds the
-    run's :class:`RLMRuntime` from it on first use.
+    run's :class:`~langchain_rlm.runtime.RLMRuntime` from it on first use, through the
+    same :func:`~langchain_rlm.runtime.build_config` and
+    :func:`~langchain_rlm.runtime.new_runtime` as :class:`~langchain_rlm.RLM`, so every
+    knob below means what the ``RLM`` argument of the same name means.
     """
 
     context: str | list[Any] | dict[str, Any] = ""
@@ -112,13 +116,27 @@ class RLMServerContext:
     max_tokens: int | None = None
     """Tree-wide budget of tokens."""
     max_cost: float | None = None
-    """Tree-wide budget in dollars (needs prices; none are configured on the server)."""
+    """Tree-wide budget in dollars (every model needs a price: built in, or ``prices``)."""
+    prices: dict[str, dict[str, float]] | None = None
+    """Extra prices, ``{"model": {"input": usd_per_1m, "output": usd_per_1m}}``."""
     timeout: float | None = None
     """Wall-time budget of the run in seconds."""
     max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS
     """REPL output per block shown to the root model."""
     cell_timeout: float = DEFAULT_CELL_TIMEOUT
     """Seconds one code block may run."""
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    """Sub-calls in flight in the whole tree."""
+    memoize: bool = True
+    """Answer identical sub-calls once per run."""
+    stop: list[str] | None = field(default_factory=lambda: list(DEFAULT_STOP_SEQUENCES))
+    """Stop sequences of root calls (``None`` for models that reject ``stop``)."""
+    prompt_style: str = "auto"
+    """System prompt style: ``auto``, ``default`` or ``small``."""
+    sub_prompt_chars: int | None = None
+    """Largest sub-call prompt in characters (default: from the sub-model's window)."""
+    max_retries: int = DEFAULT_MAX_RETRIES
+    """Retries of a transient model fault."""
 
     def rlm_runtime(self, state: Mapping[str, Any]) -> RLMRuntime:
         """The run's :class:`RLMRuntime`, built on the first node and reused by the others.
@@ -135,36 +153,38 @@ class RLMServerContext:
         return runtime
 
     def _build(self, state: Mapping[str, Any]) -> RLMRuntime:
-        root = _model(self.model or os.environ.get(MODEL_ENV), "model", MODEL_ENV)
-        sub_name = self.sub_model or os.environ.get(SUB_MODEL_ENV)
+        root = _model(self.model or model_from_env(MODEL_ENV), "model", MODEL_ENV)
+        sub_name = self.sub_model or model_from_env(SUB_MODEL_ENV, default=None)
         sub = _model(sub_name, "sub_model", SUB_MODEL_ENV) if sub_name else root
-        meter = UsageMeter(
-            Budgets(
-                max_llm_calls=self.max_llm_calls,
-                max_tokens=self.max_tokens,
-                max_cost=self.max_cost,
-                timeout=self.timeout,
-            ),
-            {},
+        config = build_config(
+            root,
+            sub,
+            sandbox=os.environ.get(SANDBOX_ENV) or DEFAULT_SANDBOX,
+            budgets={
+                "max_llm_calls": self.max_llm_calls,
+                "max_tokens": self.max_tokens,
+                "max_cost": self.max_cost,
+                "timeout": self.timeout,
+            },
+            prices={
+                name: ModelPrice(input=float(p["input"]), output=float(p["output"]))
+                for name, p in (self.prices or {}).items()
+            },
+            settings={
+                "max_iterations": self.max_iterations,
+                "max_depth": self.max_depth,
+                "max_output_chars": self.max_output_chars,
+                "max_concurrency": self.max_concurrency,
+                "memoize": self.memoize,
+                "stop": self.stop,
+                "prompt_style": self.prompt_style,
+                "sub_prompt_chars": self.sub_prompt_chars,
+                "max_retries": self.max_retries,
+            },
+            cell_timeout=self.cell_timeout,
         )
-        if _continues_a_query(state):
-            meter.restore(state.get("usage") or {})
-        settings = RLMSettings(
-            max_iterations=self.max_iterations,
-            max_depth=self.max_depth,
-            max_output_chars=self.max_output_chars,
-            sandbox_limits=SandboxLimits(
-                cell_timeout=self.cell_timeout, memory_mb=DEFAULT_MEMORY_MB
-            ),
-        )
-        return RLMRuntime(
-            context=normalize_context(self.context),
-            root_model=root,
-            sub_model=sub,
-            sandbox=get_sandbox(os.environ.get(SANDBOX_ENV) or DEFAULT_SANDBOX),
-            settings=settings,
-            meter=meter,
-        )
+        usage = state.get("usage") if _continues_a_query(state) else None
+        return new_runtime(config, normalize_context(self.context), usage=usage)
 
 
 def _continues_a_query(state: Mapping[str, Any]) -> bool:
@@ -183,6 +203,15 @@ def _model(name: str | None, role: str, env: str) -> BaseChatModel:
         if name not in _models:
             _models[name] = resolve_model(name, role=role)
         return _models[name]
+
+
+def model_from_env(name: str, default: str | None = None) -> str | None:
+    """A ``provider:model`` string from the environment (validated by the local package)."""
+    try:
+        from langchain_rlm.local.defaults import model_from_env as validated
+    except ImportError:  # pragma: no cover - transitional
+        return os.environ.get(name) or default
+    return validated(name, default=default)
 
 
 def _strip_raw_context(config: RunnableConfig | None) -> RunnableConfig | None:

@@ -1,35 +1,23 @@
-"""The graph's checkpointed state and the run's non-checkpointed runtime.
+"""The graph's checkpointed state, its records, and the run's settings.
 
 :class:`RLMState` is what LangGraph checkpoints after every node: small, made of
 primitives and messages, and independent of the context's size (invariant 1 of the
-design). :class:`RLMRuntime` travels through LangGraph's runtime context
-(``context_schema``), which is never checkpointed: it holds the raw context, the models,
-the sandbox session, the limits and the usage meter.
+design). What must not be checkpointed (the raw context, models, the sandbox session,
+the meter) lives in :class:`~langchain_rlm.runtime.RLMRuntime`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextlib
 import operator
-import threading
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any, NotRequired
+from typing import Annotated, Any, NotRequired
 
-from langchain_core.callbacks import dispatch_custom_event
-from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AnyMessage
 from langgraph.graph.message import add_messages
 from typing_extensions import TypedDict
 
 from langchain_rlm.prompts import DEFAULT_PREVIEW_CHARS, DEFAULT_STOP_SEQUENCES
-from langchain_rlm.sandbox.base import PythonExecutor, Sandbox, SandboxLimits
-from langchain_rlm.usage import UsageMeter
-
-if TYPE_CHECKING:
-    from langgraph.graph.state import CompiledStateGraph
+from langchain_rlm.sandbox.base import SandboxLimits
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENCY",
@@ -37,7 +25,6 @@ __all__ = [
     "DEFAULT_MAX_OUTPUT_CHARS",
     "DEFAULT_MAX_RETRIES",
     "DEFAULT_SUB_PROMPT_CHARS",
-    "RLMRuntime",
     "RLMSettings",
     "RLMState",
     "ReplStepRecord",
@@ -51,7 +38,7 @@ DEFAULT_MAX_OUTPUT_CHARS = 4_000
 DEFAULT_SUB_PROMPT_CHARS = 400_000
 """Characters a sub-call prompt may have when the sub-model's window is unknown."""
 DEFAULT_MAX_CONCURRENCY = 16
-"""Sub-calls of one batch that run at the same time."""
+"""Sub-calls in flight at the same time in a whole RLM tree."""
 DEFAULT_MAX_RETRIES = 3
 """Retries of a transient model fault (429, 5xx, timeout), with exponential backoff."""
 
@@ -90,14 +77,21 @@ class SubCallRecord(TypedDict):
 
 
 class ReplStepRecord(TypedDict):
-    """One executed code block."""
+    """One executed code block, as checkpointed: what the model saw, not more."""
 
+    id: NotRequired[str]
+    """Unique id of the step (keys the whole output kept outside the checkpoint)."""
     iteration: int
     """The root turn that wrote the block (1-based)."""
     code: str
     """The code as run."""
     stdout: str
-    """Everything it printed (whole; the model saw a truncated copy)."""
+    """What it printed, cut to ``max_output_chars`` as the model saw it (the whole text
+    is in the run's result and trajectory, never in a checkpoint)."""
+    stdout_chars: NotRequired[int]
+    """Length of the whole output."""
+    stdout_sha256: NotRequired[str]
+    """sha256 of the whole output."""
     error: str | None
     """``ExcType: message`` when the block failed."""
     seconds: float
@@ -135,6 +129,10 @@ class RLMState(TypedDict):
     """Queries asked on this thread so far (multi-turn)."""
     turn_start: NotRequired[int]
     """Index in ``repl_history`` where the current query's steps begin."""
+    finalizing: NotRequired[bool]
+    """True during the one extra turn that asks for the best answer after a limit."""
+    finalize_start: NotRequired[int]
+    """Index in ``repl_history`` where that extra turn's steps begin."""
 
 
 @dataclass(frozen=True)
@@ -154,7 +152,7 @@ class RLMSettings:
     sub_prompt_chars: int | None = None
     """Largest sub-call prompt in characters (``None``: from the model's known window)."""
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
-    """Concurrent sub-calls per batch."""
+    """Sub-calls in flight in the whole tree (every depth shares this one limit)."""
     max_retries: int = DEFAULT_MAX_RETRIES
     """Retries of transient model faults."""
     retry_backoff: float = 0.5
@@ -167,78 +165,3 @@ class RLMSettings:
     """Per-cell limits handed to the sandbox."""
     prompt_style: str = "default"
     """System prompt style (``prompts.PROMPT_STYLES``); ``small`` adds a worked example."""
-
-
-@dataclass(eq=False)
-class RLMRuntime:
-    """Everything a run needs that must not be checkpointed.
-
-    Built by :class:`~langchain_rlm.rlm.RLM` per invocation (or per thread, for
-    multi-turn use) and handed to the graph as its runtime context.
-    """
-
-    context: Any
-    """The normalized context (str, list or dict). Lives here and in the sandbox only."""
-    root_model: BaseChatModel
-    """The model that writes code at this depth."""
-    sub_model: BaseChatModel
-    """The model ``llm_query`` calls, and the root of child RLMs."""
-    sandbox: Sandbox
-    """Starts the REPL session."""
-    settings: RLMSettings = field(default_factory=RLMSettings)
-    """Limits and knobs."""
-    meter: UsageMeter = field(default_factory=UsageMeter)
-    """Tree-wide usage and budgets, shared with children."""
-    depth: int = 0
-    """0 for the root RLM."""
-    tools: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
-    """User functions callable from model code."""
-    graph_factory: Callable[..., CompiledStateGraph[Any, Any, Any, Any]] | None = None
-    """Builds child graphs (set by ``build_rlm_graph``; keeps recursion free of graph imports)."""
-    memo: dict[tuple[str, str], str] = field(default_factory=dict)
-    """Identical sub-calls already answered in this run (shared with children)."""
-    session: PythonExecutor | None = None
-    """The REPL session, started on first use."""
-    replayed: bool = False
-    """True once recorded cells were replayed into a fresh session (resume)."""
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    """Guards the per-cell sub-call records below."""
-    cell_records: list[SubCallRecord] = field(default_factory=list)
-    """Sub-calls of the cell that is running."""
-    replay_queue: list[SubCallRecord] | None = None
-    """Recorded sub-call results served instead of model calls while replaying."""
-    iteration: int = 0
-    """The root turn being executed (for trace metadata and records)."""
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    """Set when the caller cancelled the run: new sub-calls fail fast."""
-    writer: Callable[[dict[str, Any]], None] | None = None
-    """LangGraph's custom stream writer of the running node, for step events."""
-    loop: asyncio.AbstractEventLoop | None = None
-    """The caller's event loop under ``ainvoke``/``astream``: sub-call batches then run on
-    it (``model.ainvoke``), so cancelling the run aborts their HTTP requests."""
-    in_flight: set[concurrent.futures.Future[Any]] = field(default_factory=set)
-    """Sub-call batches running on :attr:`loop` (shared with children), cancelled on cancel."""
-    in_flight_lock: threading.Lock = field(default_factory=threading.Lock)
-    """Guards :attr:`in_flight` (shared with children, like the set itself)."""
-
-    def cancel_in_flight(self) -> None:
-        """Mark the run cancelled and cancel every sub-call batch running on the loop."""
-        self.cancelled.set()
-        with self.in_flight_lock:
-            futures = list(self.in_flight)
-        for future in futures:
-            future.cancel()
-
-    def emit(self, event: dict[str, Any]) -> None:
-        """Send a step event to ``stream(stream_mode="custom")`` and ``astream_events``."""
-        event = {"iteration": self.iteration, **event, "depth": self.depth}
-        if self.writer is not None:
-            self.writer(event)
-        with contextlib.suppress(RuntimeError):  # not inside a traced run (a bare unit call)
-            dispatch_custom_event("rlm_step", event)
-
-    def close(self) -> None:
-        """Stop the sandbox session, if one was started."""
-        session, self.session = self.session, None
-        if session is not None:
-            session.close()

@@ -15,6 +15,7 @@ PY="$VENV/bin/python"
 "$PY" -m pip install --quiet -e '.[dev,llama-index,langchain,server]'
 bash scripts/install_local.sh "$VENV"
 bash scripts/install_chromium.sh
+bash scripts/install_postgres.sh >/dev/null  # Debian's PostgreSQL, for tests/deployment
 
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .

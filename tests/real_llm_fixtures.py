@@ -5,7 +5,7 @@ Register them in ``tests/conftest.py``::
     pytest_plugins = ["tests.real_llm_fixtures"]
 
 ``local_model_server`` starts llama.cpp's server once per test session (assembling the model
-file on first use, see ``langchain_rlm.local_model``) and stops it at the end. Without
+file on first use, see ``langchain_rlm.local``) and stops it at the end. Without
 llama-cpp-python the fixtures skip, unless ``RLM_REQUIRE_LOCAL_MODEL=1`` (set it in CI), which
 turns a missing install into a failure instead of a silent skip.
 """
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from langchain_rlm.local_model import (
+from langchain_rlm.local import (
     LOCAL_EXTRA_HINT,
     LocalModelError,
     LocalModelServer,

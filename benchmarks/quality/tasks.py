@@ -1,6 +1,8 @@
 """Generated long-context tasks with exact ground truth.
 
-Three families, every task reproducible from ``(seed, family, size, index)``:
+Ten families, every task reproducible from ``(seed, family, size, index)``; the three below
+live here, the seven added for issue 13 (``sum``, ``argmax``, ``distinct``, ``records``,
+``join``, ``semantic``, ``dict``) in :mod:`benchmarks.quality.families`:
 
 * ``needle`` (S-NIAH style): one sentence ``The secret code for project <Name> is <number>.``
   hidden at a random depth in realistic filler prose.
@@ -17,35 +19,48 @@ holds no digits, so the only numbers in a needle or multi-hop context are the fa
 their depths (like NIAH's fixed haystack with varying needle depth). For direct prompting that
 means consecutive tasks share a long prompt prefix, which llama.cpp's prompt cache reuses.
 
+Splits: ``dev`` uses :data:`DEFAULT_SEED` (the seed the prompts were tuned on; its task ids are
+the historical ones, e.g. ``needle-100k-03``); ``heldout`` uses :data:`HELDOUT_SEED`, never used
+for tuning, and its ids carry an ``h`` (``needle-100k-h03``).
+
 Answer checking (:func:`is_correct`): the answer and the truth are normalized (Unicode NFKC,
-case-folded, surrounding whitespace, quotes, backticks and trailing ``.`` removed, thousands
-separators dropped from numbers); the answer is correct when the normalized strings are equal,
-or, for a numeric truth, when the answer contains exactly one number and it equals the truth.
+case-folded, surrounding whitespace, quotes, brackets, backticks and trailing ``.`` removed,
+thousands separators dropped from numbers); the answer is correct when the normalized strings
+are equal, or, for a numeric truth, when the answer contains exactly one number and it is
+within the task's ``tolerance`` of the truth (0 except for averages "rounded to two decimals").
 """
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import unicodedata
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 __all__ = [
     "DEFAULT_SEED",
     "FAMILIES",
+    "HELDOUT_SEED",
+    "SPLITS",
     "Task",
     "build_tasks",
+    "context_text",
     "filler_text",
     "is_correct",
     "normalize_answer",
 ]
 
 DEFAULT_SEED = 20250107
-"""The fixed seed of the published table."""
+"""The fixed seed of the published table: the ``dev`` split (prompts were tuned on it)."""
+HELDOUT_SEED = 20261128
+"""The ``heldout`` split's seed: never used while tuning prompts or descriptions."""
+SPLITS = {"dev": DEFAULT_SEED, "heldout": HELDOUT_SEED}
 
-FAMILIES = ("needle", "aggregation", "multihop")
+OLD_FAMILIES = ("needle", "aggregation", "multihop")
+FAMILIES = (*OLD_FAMILIES, "sum", "argmax", "distinct", "records", "join", "semantic", "dict")
 
 # -- filler prose ----------------------------------------------------------------------------
 
@@ -242,9 +257,13 @@ class Task:
     size: int
     """Nominal context size in characters (the group's label)."""
     query: str
-    context: str = field(repr=False)
+    context: Any = field(repr=False)
+    """A str, a list (of str or of records) or a dict: what ``RLM.invoke`` receives."""
     answer: str
     meta: dict[str, Any] = field(default_factory=dict)
+    tolerance: float = 0.0
+    """Largest accepted distance of a numeric answer from the truth."""
+    split: str = "dev"
 
     @property
     def group(self) -> str:
@@ -389,23 +408,57 @@ def multihop_tasks(seed: int, size: int, count: int) -> Iterator[Task]:
 BUILDERS = {"needle": needle_tasks, "aggregation": aggregation_tasks, "multihop": multihop_tasks}
 
 
+def _builders() -> dict[str, Any]:
+    from benchmarks.quality.families import NEW_BUILDERS  # imports this module's helpers
+
+    return {**BUILDERS, **NEW_BUILDERS}
+
+
 def build_tasks(
-    groups: Sequence[tuple[str, int]], count: int, seed: int = DEFAULT_SEED
+    groups: Sequence[tuple[str, int]],
+    count: int,
+    seed: int | None = None,
+    split: str = "dev",
 ) -> list[Task]:
-    """``count`` tasks for each ``(family, size)`` group, in a stable order."""
+    """``count`` tasks for each ``(family, size)`` group of ``split``, in a stable order.
+
+    ``seed`` overrides the split's seed (:data:`SPLITS`); held-out task ids carry an ``h``.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    builders = _builders()
     tasks: list[Task] = []
     for family, size in groups:
-        if family not in BUILDERS:
+        if family not in builders:
             raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
-        tasks.extend(BUILDERS[family](seed, size, count))
+        for task in builders[family](SPLITS[split] if seed is None else seed, size, count):
+            if split != "dev":
+                head, _, index = task.task_id.rpartition("-")
+                task = replace(task, task_id=f"{head}-h{index}", split=split)
+            tasks.append(task)
     return tasks
+
+
+def context_text(context: Any) -> str:
+    """The context as one text, for direct prompting: str as is, list items one per
+    paragraph (records and dicts as JSON), a dict as ``key:`` headed sections."""
+    if isinstance(context, str):
+        return context
+    if isinstance(context, list):
+        return "\n\n".join(
+            item if isinstance(item, str) else json.dumps(item, ensure_ascii=False)
+            for item in context
+        )
+    if isinstance(context, dict):
+        return "\n\n".join(f"## {key}\n{value}" for key, value in context.items())
+    raise TypeError(f"no text form for a context of type {type(context).__name__}")
 
 
 # -- answer checking -------------------------------------------------------------------------
 
 _NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
 _THOUSANDS_RE = re.compile(r"(?<=\d),(?=\d{3}\b)")
-_STRIP_CHARS = " \t\r\n\"'`*.:;"
+_STRIP_CHARS = " \t\r\n\"'`*.:;[]()"
 
 
 def normalize_answer(text: str) -> str:
@@ -422,8 +475,8 @@ def _as_number(text: str) -> float | None:
         return None
 
 
-def is_correct(answer: str | None, truth: str) -> bool:
-    """Normalized exact match, or numeric equality when the answer holds exactly one number."""
+def is_correct(answer: str | None, truth: str, tolerance: float = 0.0) -> bool:
+    """Normalized exact match, or (numeric truth) exactly one number within ``tolerance``."""
     if answer is None:
         return False
     got, want = normalize_answer(answer), normalize_answer(truth)
@@ -433,4 +486,4 @@ def is_correct(answer: str | None, truth: str) -> bool:
     if target is None:
         return False
     numbers = _NUMBER_RE.findall(got)
-    return len(numbers) == 1 and float(numbers[0]) == target
+    return len(numbers) == 1 and abs(float(numbers[0]) - target) <= tolerance + 1e-9

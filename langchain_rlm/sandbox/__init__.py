@@ -1,8 +1,9 @@
 """Sandboxes that run model-written Python: the default confined process, or local.
 
 ``get_sandbox("process")`` (the default) runs each session in a confined worker
-process (see :mod:`.process`); ``get_sandbox("local")`` runs in-process and is for
-trusted code only (see :mod:`.local`).
+process (see :mod:`.process`); ``get_sandbox("local-trusted")`` runs in-process and is
+for trusted code only (see :mod:`.local`): the name states the opt-in, and a bare
+``"local"`` raises an error that says so.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from .base import (
     HostFunctionError,
     PythonExecutor,
     Sandbox,
+    SandboxClosedError,
     SandboxLimits,
 )
-from .local import LocalExecutor, LocalSandbox
+from .local import TRUST_ERROR, LocalExecutor, LocalSandbox
 from .process import ProcessExecutor, ProcessSandbox, SandboxStartError
 
 __all__ = [
@@ -31,17 +33,18 @@ __all__ = [
     "ProcessSandbox",
     "PythonExecutor",
     "Sandbox",
+    "SandboxClosedError",
     "SandboxLimits",
     "SandboxStartError",
     "get_sandbox",
 ]
 
-SANDBOX_NAMES = ("process", "local")
+SANDBOX_NAMES = ("process", "local-trusted")
 """Names :func:`get_sandbox` accepts; the first is the default."""
 
 
 def get_sandbox(name_or_instance: str | Sandbox | None = "process") -> Sandbox:
-    """A sandbox by name (``"process"``, the default, or ``"local"``) or as given.
+    """A sandbox by name (``"process"``, the default, or ``"local-trusted"``) or as given.
 
     An object with a ``start`` method is returned unchanged, so callers can pass their
     own :class:`Sandbox` implementation.
@@ -52,8 +55,10 @@ def get_sandbox(name_or_instance: str | Sandbox | None = "process") -> Sandbox:
         key = name_or_instance.strip().lower()
         if key == "process":
             return ProcessSandbox()
+        if key == "local-trusted":
+            return LocalSandbox(trust_model_code=True)
         if key == "local":
-            return LocalSandbox()
+            raise ValueError(TRUST_ERROR)
         raise ValueError(
             f"unknown sandbox {name_or_instance!r}; valid choices: "
             + ", ".join(repr(n) for n in SANDBOX_NAMES)

@@ -34,6 +34,7 @@ __all__ = [
     "HostFunctionError",
     "PythonExecutor",
     "Sandbox",
+    "SandboxClosedError",
     "SandboxLimits",
 ]
 
@@ -60,6 +61,13 @@ HostFunction = Callable[..., Any]
 
 class HostFunctionError(Exception):
     """Raised by a host function to hand model code a clean error message."""
+
+
+class SandboxClosedError(RuntimeError):
+    """A session was used after :meth:`PythonExecutor.close` (or closed while in use).
+
+    Every call on a closed session raises it; the run treats it as "cancelled".
+    """
 
 
 @dataclass(frozen=True)
@@ -100,8 +108,14 @@ class CodeOutput:
 class PythonExecutor(Protocol):
     """One persistent REPL session over a context."""
 
-    def __call__(self, code: str) -> CodeOutput:
-        """Run one cell and return what it produced. Never raises for model errors."""
+    def __call__(self, code: str, *, timeout: float | None = None) -> CodeOutput:
+        """Run one cell and return what it produced. Never raises for model errors.
+
+        ``timeout`` (seconds), when given, caps this cell: its deadline is
+        ``min(cell_timeout, timeout)`` and the whole call (soft stop, hard kill) returns
+        within ``timeout`` plus a small constant. Raises :class:`SandboxClosedError`
+        after :meth:`close`.
+        """
         ...
 
     def get_variable(self, name: str) -> str | None:
@@ -117,7 +131,7 @@ class PythonExecutor(Protocol):
         ...
 
     def close(self) -> None:
-        """Free the session. Idempotent."""
+        """Free the session. Idempotent, safe from any thread, also while a cell runs."""
         ...
 
 
@@ -126,6 +140,8 @@ class Sandbox(Protocol):
     """Starts sessions. Stateless and reusable across runs."""
 
     name: str
+    allowed_modules: tuple[str, ...]
+    """What ``import`` may load in this sandbox's sessions (sorted)."""
 
     def start(
         self,

@@ -15,23 +15,54 @@ language-level policy as the default process sandbox (see ``policy.py``), but wi
   stdlib classes (e.g. ``json.JSONEncoder``) and so affect the host.
 
 Use it for tests, debugging and code you trust. Model-written code is hostile: the
-default is :class:`~langchain_rlm.sandbox.process.ProcessSandbox`.
+default is :class:`~langchain_rlm.sandbox.process.ProcessSandbox`. Because of that,
+it needs an explicit opt-in that names the risk: ``LocalSandbox(trust_model_code=True)``
+or ``get_sandbox("local-trusted")``; ``LocalSandbox()`` and ``"local"`` raise.
 
 Host functions are called directly, in the calling thread, with the same per-cell
 limits the process sandbox enforces; a :class:`~.base.HostFunctionError` becomes a
-``SubcallError`` in model code.
+``SubcallError`` in model code; any other ``Exception`` too, and it is also listed in
+``extra["host_errors"]`` and logged; a ``BaseException`` (cancellation) propagates to
+the caller after the cell. Text leaving a session is cleaned like the process
+sandbox's (unpaired surrogates become U+FFFD).
+
+``timeout`` (per call) shortens the soft timeout; like the soft timeout it cannot stop
+code stuck in C (best effort). ``close()`` from another thread while a cell runs makes
+the watchdog stop the cell at once (soft, as above); calls after ``close()`` raise
+:class:`~.base.SandboxClosedError`.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
-from .base import CodeOutput, HostFunction, HostFunctionError, SandboxLimits
-from .repl import CellTimeout, CellTimer, ReplCore, SubcallBudget, SubcallError
+from .base import CodeOutput, HostFunction, HostFunctionError, SandboxClosedError, SandboxLimits
+from .policy import ALLOWED_MODULES
+from .repl import (
+    NO_TIME_LEFT_ERROR,
+    CellTimeout,
+    CellTimer,
+    ReplCore,
+    SubcallBudget,
+    SubcallError,
+    clean_text,
+    clean_value,
+)
+
+logger = logging.getLogger("langchain_rlm.sandbox")
+
+TRUST_ERROR = (
+    "LocalSandbox runs model-written code inside your own process with no isolation "
+    "(no memory limit, no hard timeout, your files, network and environment are "
+    "reachable if the language policy is bypassed). Opt in explicitly with "
+    "LocalSandbox(trust_model_code=True) or sandbox='local-trusted', or use the default "
+    "sandbox='process'."
+)
 
 __all__ = ["LocalExecutor", "LocalSandbox"]
 
@@ -56,13 +87,15 @@ class _WatchdogTimer(CellTimer):
         self._paused_at: float | None = None
         self._deadline = 0.0
         self._thread_id = 0
+        self._depth = 0
         self._stop = threading.Event()
 
     def start(self, seconds: float) -> None:
         with self._lock:
             self._thread_id = threading.get_ident()
-            self._deadline = time.monotonic() + seconds
+            self._deadline = time.monotonic() + seconds if seconds else float("inf")
             self._paused_at = None
+            self._depth = 0
             self._active = True
             self._stop.clear()
         threading.Thread(target=self._watch, name="rlm-local-watchdog", daemon=True).start()
@@ -75,14 +108,23 @@ class _WatchdogTimer(CellTimer):
 
     def pause(self) -> None:
         with self._lock:
-            if self._active and self._paused_at is None:
+            self._depth += 1
+            if self._active and self._depth == 1:
                 self._paused_at = time.monotonic()
 
     def resume(self) -> None:
         with self._lock:
-            if self._active and self._paused_at is not None:
+            if self._depth <= 0:
+                return
+            self._depth -= 1
+            if self._active and self._depth == 0 and self._paused_at is not None:
                 self._deadline += time.monotonic() - self._paused_at
                 self._paused_at = None
+
+    def expire(self) -> None:
+        """Stop the running cell as soon as it is not inside a host function."""
+        with self._lock:
+            self._deadline = 0.0
 
     def _watch(self) -> None:
         while not self._stop.wait(WATCHDOG_TICK):
@@ -97,6 +139,8 @@ class _WatchdogTimer(CellTimer):
 class LocalExecutor:
     """One in-process REPL session (see the module docstring: trusted code only)."""
 
+    allowed_modules: tuple[str, ...] = tuple(sorted(ALLOWED_MODULES))
+
     def __init__(
         self,
         context: Any,
@@ -108,61 +152,123 @@ class LocalExecutor:
         self._budget = SubcallBudget(limits)
         self._lock = threading.Lock()
         self._closed = False
+        self._host_errors: list[str] = []
+        self._cancelled: BaseException | None = None
         self.confinement: dict[str, Any] = {"isolation": "none (in-process, trusted code only)"}
+        self._timer = _WatchdogTimer()
         self._core = ReplCore(
             context,
             self._functions,
             self._call_host,
             limits,
             on_final=lambda _text: None,
-            timer=_WatchdogTimer() if limits.cell_timeout else None,
+            timer=self._timer,
             propagate=(KeyboardInterrupt, SystemExit),
         )
 
     def _call_host(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         self._budget.charge(name, args, kwargs)
+        args = tuple(clean_value(list(args)))
+        kwargs = clean_value(kwargs)
+        self._timer.pause()
         try:
             return self._functions[name](*args, **kwargs)
         except HostFunctionError as exc:
             raise SubcallError(str(exc)) from None
+        except Exception as exc:
+            text = f"{name} failed on the host: {type(exc).__name__}: {exc}"
+            self._host_errors.append(text)
+            logger.error("host function %r raised inside a sandbox cell", name, exc_info=True)
+            raise SubcallError(text) from None
+        except BaseException as exc:
+            self._cancelled = exc
+            raise
+        finally:
+            self._timer.resume()
 
-    def __call__(self, code: str) -> CodeOutput:
+    def __call__(self, code: str, *, timeout: float | None = None) -> CodeOutput:
+        if not isinstance(code, str):
+            raise TypeError(f"code must be a str, not {type(code).__name__}")
         with self._lock:
             if self._closed:
-                raise RuntimeError("this sandbox session is closed")
+                raise SandboxClosedError("this sandbox session is closed")
+            if timeout is not None and timeout <= 0:
+                return CodeOutput(
+                    error=NO_TIME_LEFT_ERROR,
+                    extra={"limit": "timeout", "sandbox": "local"},
+                )
             self._budget.reset()
+            self._host_errors = []
+            self._cancelled = None
             started = time.perf_counter()
-            result = self._core.run_cell(code)
+            soft = self.limits.cell_timeout
+            if timeout is not None:
+                soft = min(soft, timeout) if soft else timeout
+            result = self._core.run_cell(code, soft_timeout=soft or 0)
+            if self._cancelled is not None:
+                raise self._cancelled
+            if self._closed:
+                raise SandboxClosedError("this sandbox session was closed while the cell ran")
+            extra = {**result.extra, "subcalls": self._budget.used, "sandbox": "local"}
+            if self._host_errors:
+                extra["host_errors"] = list(self._host_errors)
+            extra["confinement"] = self.confinement["isolation"]
             return CodeOutput(
-                stdout=result.stdout,
-                error=result.error,
+                stdout=clean_text(result.stdout),
+                error=None if result.error is None else clean_text(result.error),
                 seconds=time.perf_counter() - started,
-                final_answer=result.final_answer,
-                extra={**result.extra, "subcalls": self._budget.used, "sandbox": "local"},
+                final_answer=None
+                if result.final_answer is None
+                else clean_text(result.final_answer),
+                extra=extra,
             )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SandboxClosedError("this sandbox session is closed")
 
     def get_variable(self, name: str) -> str | None:
         with self._lock:
-            return self._core.get_variable(name)
+            self._check_open()
+            value = self._core.get_variable(name)
+            return None if value is None else clean_text(value)
 
     def variable_names(self) -> list[str]:
         with self._lock:
-            return self._core.variable_names()
+            self._check_open()
+            return [clean_text(name) for name in self._core.variable_names()]
 
     def set_variable(self, name: str, value: Any) -> None:
         with self._lock:
+            self._check_open()
             self._core.set_variable(name, value)
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            self._core.namespace.clear()
+        """Idempotent; from another thread while a cell runs, the cell is stopped (soft)."""
+        self._closed = True
+        self._timer.expire()
+        if self._lock.acquire(blocking=False):
+            try:
+                self._core.namespace.clear()
+            finally:
+                self._lock.release()
 
 
 class LocalSandbox:
-    """Starts in-process sessions. **No isolation: for trusted code only.**"""
+    """Starts in-process sessions. **No isolation: for trusted code only.**
+
+    ``trust_model_code=True`` is required: it states that you accept running
+    model-written code in your own process (see the module docstring).
+    """
 
     name = "local"
+    allowed_modules: tuple[str, ...] = tuple(sorted(ALLOWED_MODULES))
+    """What ``import`` may load in this sandbox."""
+
+    def __init__(self, *, trust_model_code: bool = False) -> None:
+        if trust_model_code is not True:
+            raise ValueError(TRUST_ERROR)
+        self.trust_model_code = True
 
     def start(
         self,

@@ -22,6 +22,20 @@ Rules, and why:
   NFKC-normalised like the parser does) and to ``str.format`` / ``format_map`` fields
   (``"{0.__class__}".format(x)``): every ``.format`` / ``.format_map`` attribute load
   is rewritten into a call to a guard that vets the format string first.
+* ``mro`` is refused like a dunder (``C.mro()[1]`` reached a base class's unguarded
+  method), two-argument ``super(T, obj)`` is allowed only for classes the model's own
+  ``class`` statements created (a guarded ``__build_class__`` records them; zero-argument
+  ``super()`` works as usual), and **positional class patterns** (``case C(a, b)``) are
+  rewritten so the VM matches against a vetted stand-in class whose ``__match_args__``
+  were read once and checked like attribute names.
+* **Scrubbed globals**: every function the sandbox hands to model code (the guards,
+  ``SafeFormatter``'s methods, the ``functools``/``typing`` replacements, the REPL
+  functions in :mod:`.repl`) is rebuilt over a small globals dict (:data:`EXPOSED_GLOBALS`)
+  whose ``__builtins__`` is the safe builtins mapping, so no ``__globals__`` /
+  ``__builtins__`` of theirs holds the real ``builtins``, ``sys``, ``open``, ``eval`` or
+  ``__import__``. Capabilities they need live in closures (``__closure__`` is refused).
+  ``SafeFormatter`` re-implements ``string.Formatter``'s interface instead of
+  subclassing it, so no route (``mro``, ``super``) leads to an unguarded ``get_field``.
 * **Safe builtins**: no ``eval``, ``exec``, ``compile``, ``open``, ``input``,
   ``globals``, ``locals``, ``vars``, ``breakpoint``, ``help``, ``exit``; ``__import__``
   is a guarded import.
@@ -49,9 +63,10 @@ import collections
 import contextlib
 import functools
 import importlib
-import string
+import sys
 import types
 import unicodedata
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -59,6 +74,7 @@ __all__ = [
     "ALLOWED_DUNDER_ATTRIBUTES",
     "ALLOWED_MODULES",
     "BLOCKED_ATTRIBUTES",
+    "EXPOSED_GLOBALS",
     "PREWARM_MODULES",
     "PolicyError",
     "attribute_allowed",
@@ -185,6 +201,8 @@ BLOCKED_ATTRIBUTES: frozenset[str] = frozenset(
         "tb_frame",
         "tb_next",
         "tb_lasti",
+        # class internals by a non-dunder name: C.mro()[1] reaches a base's methods
+        "mro",
     }
 )
 """Non-dunder attribute names that lead to frames, code objects or class internals."""
@@ -192,6 +210,8 @@ BLOCKED_ATTRIBUTES: frozenset[str] = frozenset(
 _BLOCKED_PREFIXES = ("co_", "func_")
 _FORMAT_METHODS = frozenset({"format", "format_map"})
 _FORMAT_GUARD = "__rlm_format__"
+_MATCH_GUARD = "__rlm_match__"
+_MATCH_TEMP = "__rlm_match_class_{}__"
 _ALLOWED_DUNDER_NAMES = frozenset({"__name__", "__doc__"})
 _MAX_FORMAT_NESTING = 4
 _REMOVED_ATTRIBUTES: dict[str, frozenset[str]] = {
@@ -299,6 +319,7 @@ class _Checker(ast.NodeTransformer):
 
     def __init__(self) -> None:
         self._class_depth = 0
+        self._match_count = 0
 
     def _fail(self, node: ast.AST, message: str) -> PolicyError:
         line = getattr(node, "lineno", None)
@@ -352,6 +373,33 @@ class _Checker(ast.NodeTransformer):
                 raise self._fail(node, f"matching on attribute {attr!r} is not allowed")
         self.generic_visit(node)
         return node
+
+    def visit_Match(self, node: ast.Match) -> ast.AST | list[ast.stmt]:
+        """Positional class patterns match against a vetted stand-in class.
+
+        ``case C(a, b)`` makes the VM read ``C.__match_args__`` and fetch those
+        attributes with a raw getattr, so a model class can name any dunder there. Each
+        such ``C`` is evaluated once, before the ``match``, by the match guard, which
+        checks the names like attribute accesses and returns a stand-in whose
+        ``__match_args__`` is that checked snapshot (see :func:`match_class_guard`).
+        """
+        self.generic_visit(node)
+        guards: list[ast.stmt] = []
+        for case in node.cases:
+            for pattern in ast.walk(case.pattern):
+                if not (isinstance(pattern, ast.MatchClass) and pattern.patterns):
+                    continue
+                temp = _MATCH_TEMP.format(self._match_count)
+                self._match_count += 1
+                call = ast.Call(
+                    func=ast.Name(id=_MATCH_GUARD, ctx=ast.Load()),
+                    args=[pattern.cls, ast.Constant(value=len(pattern.patterns))],
+                    keywords=[],
+                )
+                assign = ast.Assign(targets=[ast.Name(id=temp, ctx=ast.Store())], value=call)
+                guards.append(ast.copy_location(assign, node))
+                pattern.cls = ast.copy_location(ast.Name(id=temp, ctx=ast.Load()), pattern.cls)
+        return [*guards, node] if guards else node
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> ast.AST:
         if node.level:
@@ -467,7 +515,120 @@ def guarded_delattr(obj: Any, name: Any) -> None:
     delattr(obj, _check_attr_name(name))
 
 
-# --------------------------------------------------------------------------- modules
+# --------------------------------------------------------------------------- classes
+
+
+_TYPE_NAME: Callable[[type], str] = type.__dict__["__name__"].__get__
+"""The raw name of a class (never runs a metaclass's ``__name__`` property)."""
+
+_MATCH_SELF_TYPES: tuple[type, ...] = (
+    bool,
+    bytearray,
+    bytes,
+    dict,
+    float,
+    frozenset,
+    int,
+    list,
+    set,
+    str,
+    tuple,
+)
+"""Builtins whose single positional class pattern matches the subject itself."""
+
+
+class _MatchMeta(type):
+    """Metaclass of match stand-ins: ``isinstance`` is the real class's."""
+
+    def __instancecheck__(cls, obj: Any) -> bool:
+        return isinstance(obj, cls._rlm_target)  # type: ignore[attr-defined]
+
+
+def match_class_guard(cls: Any, count: int) -> Any:
+    """The class a positional class pattern really matches against (see ``visit_Match``).
+
+    Builtins that match themselves come back unchanged. For any other class,
+    ``__match_args__`` is read once, must be a tuple of allowed attribute names, and the
+    VM gets a stand-in class carrying that snapshot, so a metaclass property cannot
+    answer differently when the VM reads it again.
+    """
+    for builtin_type in _MATCH_SELF_TYPES:
+        if cls is builtin_type:
+            return cls
+    if not isinstance(cls, type):
+        return cls  # the VM raises "called match pattern must be a class"
+    name = _TYPE_NAME(cls)
+    match_args = getattr(cls, "__match_args__", None)
+    bases: tuple[type, ...] = ()
+    if match_args is None:
+        for builtin_type in _MATCH_SELF_TYPES:
+            if issubclass(cls, builtin_type):
+                bases = (builtin_type,)
+                break
+        else:
+            raise TypeError(f"{name}() accepts 0 positional sub-patterns ({count} given)")
+        namespace: dict[str, Any] = {"_rlm_target": cls}
+    else:
+        if type(match_args) is not tuple:
+            raise TypeError(f"{name}.__match_args__ must be a tuple")
+        checked: list[str] = []
+        for attr in match_args:
+            if type(attr) is not str:
+                raise TypeError(f"{name}.__match_args__ elements must be str")
+            if not attribute_allowed(attr):
+                raise PolicyError(f"matching on attribute {attr!r} is not allowed")
+            checked.append(attr)
+        namespace = {"_rlm_target": cls, "__match_args__": tuple(checked)}
+    return _MatchMeta(name, bases, namespace)
+
+
+def _make_class_guards() -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """``(__build_class__, super)`` for one session.
+
+    ``__build_class__`` records every class a model ``class`` statement creates;
+    two-argument (or one-argument) ``super`` is allowed only on those, so it cannot skip
+    a sandbox class's guarded method. Zero-argument ``super()`` resolves the caller's
+    ``__class__`` cell and first argument, as CPython does.
+    """
+    model_classes: dict[int, weakref.ref[type]] = {}
+    real_build_class = builtins.__build_class__
+    real_super = builtins.super
+    getframe = sys._getframe
+    make_ref = weakref.ref
+
+    def forget(ref: weakref.ref[type], key: int) -> None:
+        if model_classes.get(key) is ref:
+            del model_classes[key]
+
+    def build_class(func: Any, name: Any, *bases: Any, **kwargs: Any) -> Any:
+        cls = real_build_class(func, name, *bases, **kwargs)
+        if isinstance(cls, type):
+            key = id(cls)
+            model_classes[key] = make_ref(cls, functools.partial(forget, key=key))
+        return cls
+
+    def super(*args: Any) -> Any:
+        if not args:
+            frame = getframe(1)
+            code = frame.f_code
+            if not code.co_argcount:
+                raise RuntimeError("super(): no arguments")
+            local_values = frame.f_locals
+            del frame
+            if "__class__" not in local_values:
+                raise RuntimeError("super(): __class__ cell not found")
+            if code.co_varnames[0] not in local_values:
+                raise RuntimeError("super(): arg[0] deleted")
+            return real_super(local_values["__class__"], local_values[code.co_varnames[0]])
+        ref = model_classes.get(id(args[0]))
+        if ref is None or ref() is not args[0]:
+            raise PolicyError(
+                "super() with explicit arguments is allowed only for classes defined in "
+                "your own code; inside a method use super() without arguments"
+            )
+        return real_super(*args)
+
+    return build_class, super
 
 
 class _Frozen(type):
@@ -480,12 +641,53 @@ class _Frozen(type):
         raise AttributeError(f"cannot delete attributes of the sandbox class {cls.__name__}")
 
 
-class SafeFormatter(string.Formatter, metaclass=_Frozen):
-    """``string.Formatter`` whose fields may not reach forbidden attributes."""
+class SafeFormatter(metaclass=_Frozen):
+    """``string.Formatter``'s interface, re-implemented over vetted format strings.
+
+    It wraps ``str.format`` instead of subclassing ``string.Formatter``: no ``mro`` or
+    ``super`` route leads from it to an unguarded ``get_field``. Overriding methods in a
+    subclass does not change how :meth:`vformat` formats.
+    """
+
+    def format(self, format_string: str, /, *args: Any, **kwargs: Any) -> str:
+        return self.vformat(format_string, args, kwargs)
+
+    def vformat(self, format_string: str, args: Any, kwargs: Any) -> str:
+        if not isinstance(format_string, str):
+            raise TypeError(f"format string must be str, not {type(format_string).__name__}")
+        _check_format_string(format_string)
+        return str.format(format_string, *args, **kwargs)
+
+    def parse(self, format_string: str) -> Any:
+        return _string.formatter_parser(format_string)
 
     def get_field(self, field_name: str, args: Any, kwargs: Any) -> Any:
         _check_format_string("{" + field_name + "}")
-        return super().get_field(field_name, args, kwargs)
+        first, rest = _string.formatter_field_name_split(field_name)
+        obj = self.get_value(first, args, kwargs)
+        for is_attr, key in rest:
+            obj = guarded_getattr(obj, key) if is_attr else obj[key]
+        return obj, first
+
+    def get_value(self, key: Any, args: Any, kwargs: Any) -> Any:
+        return args[key] if isinstance(key, int) else kwargs[key]
+
+    def check_unused_args(self, used_args: Any, args: Any, kwargs: Any) -> None:
+        return None
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        return format(value, format_spec)
+
+    def convert_field(self, value: Any, conversion: str | None) -> Any:
+        if conversion is None:
+            return value
+        if conversion == "s":
+            return str(value)
+        if conversion == "r":
+            return repr(value)
+        if conversion == "a":
+            return ascii(value)
+        raise ValueError(f"Unknown conversion specifier {conversion!s}")
 
 
 def _safe_update_wrapper(wrapper: Any, wrapped: Any, *args: Any, **kwargs: Any) -> Any:
@@ -539,6 +741,14 @@ class _GenericStub(metaclass=_Frozen):
         return cls
 
 
+def _typing_cast(_type: Any, value: Any) -> Any:
+    return value
+
+
+def _typing_identity(func: Any) -> Any:
+    return func
+
+
 def _typing_shim() -> dict[str, Any]:
     import collections.abc as cabc
 
@@ -569,11 +779,14 @@ def _typing_shim() -> dict[str, Any]:
         Protocol=_GenericStub,
         TypeVar=_TypingStub("TypeVar"),
         TYPE_CHECKING=False,
-        cast=lambda _type, value: value,
-        overload=lambda func: func,
-        no_type_check=lambda func: func,
+        cast=exposed("_typing_cast"),
+        overload=exposed("_typing_identity"),
+        no_type_check=exposed("_typing_identity"),
     )
     return shim
+
+
+# --------------------------------------------------------------------------- modules
 
 
 def _module_attributes(name: str) -> dict[str, Any]:
@@ -595,8 +808,8 @@ def _module_attributes(name: str) -> dict[str, Any]:
     if name == "string":
         attrs["Formatter"] = SafeFormatter
     elif name == "functools":
-        attrs["update_wrapper"] = _safe_update_wrapper
-        attrs["wraps"] = _safe_wraps
+        attrs["update_wrapper"] = exposed("_safe_update_wrapper")
+        attrs["wraps"] = exposed("_safe_wraps")
     return attrs
 
 
@@ -624,6 +837,8 @@ is unreachable), so those calls get the real module without exposing it to the m
 
 def make_import() -> Callable[..., types.ModuleType]:
     """The guarded ``__import__``: allowed modules only, each import a fresh proxy."""
+    import_module = importlib.import_module
+    proxy = make_module_proxy
 
     def guarded_import(
         name: str,
@@ -635,14 +850,14 @@ def make_import() -> Callable[..., types.ModuleType]:
         if level:
             raise ImportError("relative imports are not available in the sandbox")
         if type(fromlist) is list and name in INTERNAL_C_IMPORTS:
-            return importlib.import_module(name)
+            return import_module(name)
         if not isinstance(name, str) or name not in ALLOWED_MODULES:
             raise ImportError(_import_refusal(str(name)))
         if fromlist or "." not in name:
-            return make_module_proxy(name)
-        return make_module_proxy(name.split(".", 1)[0])
+            return proxy(name)
+        return proxy(name.split(".", 1)[0])
 
-    return guarded_import
+    return expose(guarded_import)
 
 
 def prewarm_modules() -> None:
@@ -664,23 +879,129 @@ def prewarm_modules() -> None:
     "x".encode("idna")
 
 
-def make_safe_builtins(print_function: Callable[..., None]) -> dict[str, Any]:
-    """The ``__builtins__`` mapping model code runs with."""
-    safe: dict[str, Any] = {}
-    for name in SAFE_BUILTIN_NAMES:
-        safe[name] = getattr(builtins, name)
+# --------------------------------------------------------------------------- scrubbed globals
+
+
+def _plain_safe_builtins() -> dict[str, Any]:
+    """The safe builtin names (and every exception class), unguarded."""
+    safe: dict[str, Any] = {name: getattr(builtins, name) for name in SAFE_BUILTIN_NAMES}
     for name in dir(builtins):
         value = getattr(builtins, name)
         if isinstance(value, type) and issubclass(value, BaseException):
             safe[name] = value
+    return safe
+
+
+_SCRUBBED_BUILTINS: dict[str, Any] = _plain_safe_builtins()
+_SCRUBBED_BUILTINS.update(
+    getattr=getattr, hasattr=hasattr, setattr=setattr, delattr=delattr, PolicyError=PolicyError
+)
+
+EXPOSED_GLOBALS: dict[str, Any] = {
+    "__builtins__": _SCRUBBED_BUILTINS,
+    "__name__": "langchain_rlm.sandbox.exposed",
+}
+"""The only globals of every function the sandbox hands to model code (see the module
+docstring): no ``builtins``, ``sys``, ``open``, ``eval``, ``exec`` or ``__import__``."""
+
+
+def expose(func: Callable[..., Any]) -> Callable[..., Any]:
+    """A copy of ``func`` over :data:`EXPOSED_GLOBALS` (same code, defaults, closure)."""
+    if not isinstance(func, types.FunctionType):
+        return func
+    new = types.FunctionType(
+        func.__code__, EXPOSED_GLOBALS, func.__name__, func.__defaults__, func.__closure__
+    )
+    new.__kwdefaults__ = func.__kwdefaults__
+    new.__qualname__ = func.__qualname__
+    new.__doc__ = func.__doc__
+    return new
+
+
+def _expose_class(cls: type) -> type:
+    for name, value in list(vars(cls).items()):
+        if isinstance(value, types.FunctionType):
+            type.__setattr__(cls, name, expose(value))
+        elif isinstance(value, classmethod | staticmethod):
+            type.__setattr__(cls, name, type(value)(expose(value.__func__)))
+    return cls
+
+
+def _populate_exposed_globals() -> None:
+    ns = EXPOSED_GLOBALS
+    ns.update(
+        _string=types.SimpleNamespace(
+            formatter_parser=_string.formatter_parser,
+            formatter_field_name_split=_string.formatter_field_name_split,
+        ),
+        unicodedata=types.SimpleNamespace(normalize=unicodedata.normalize),
+        functools=types.SimpleNamespace(
+            WRAPPER_ASSIGNMENTS=functools.WRAPPER_ASSIGNMENTS, partial=functools.partial
+        ),
+        types=types.SimpleNamespace(FunctionType=types.FunctionType),
+        collections=types.SimpleNamespace(UserString=collections.UserString),
+        ALLOWED_MODULES=ALLOWED_MODULES,
+        ALLOWED_DUNDER_ATTRIBUTES=ALLOWED_DUNDER_ATTRIBUTES,
+        BLOCKED_ATTRIBUTES=BLOCKED_ATTRIBUTES,
+        INTERNAL_C_IMPORTS=INTERNAL_C_IMPORTS,
+        PolicyError=PolicyError,
+        _BLOCKED_PREFIXES=_BLOCKED_PREFIXES,
+        _FORMAT_METHODS=_FORMAT_METHODS,
+        _MAX_FORMAT_NESTING=_MAX_FORMAT_NESTING,
+        _MATCH_SELF_TYPES=_MATCH_SELF_TYPES,
+        _MISSING=_MISSING,
+        _TYPE_NAME=_TYPE_NAME,
+        _MatchMeta=_MatchMeta,
+        _TypingStub=_TypingStub,
+    )
+    for func in (
+        _normalise,
+        attribute_allowed,
+        _attribute_error,
+        _check_format_string,
+        _format_of_string,
+        _format_of_str_type,
+        format_guard,
+        _check_attr_name,
+        guarded_getattr,
+        guarded_hasattr,
+        guarded_setattr,
+        guarded_delattr,
+        _safe_update_wrapper,
+        _safe_wraps,
+        _typing_cast,
+        _typing_identity,
+        match_class_guard,
+        _import_refusal,
+    ):
+        ns[func.__name__] = expose(func)
+    for cls in (_Frozen, _MatchMeta, SafeFormatter, _TypingStub, _GenericStub):
+        _expose_class(cls)
+
+
+_populate_exposed_globals()
+
+
+def exposed(name: str) -> Any:
+    """The scrubbed copy of the module-level function ``name``."""
+    return EXPOSED_GLOBALS[name]
+
+
+def make_safe_builtins(print_function: Callable[..., None]) -> dict[str, Any]:
+    """The ``__builtins__`` mapping model code runs with (one per session)."""
+    safe = _plain_safe_builtins()
+    build_class, guarded_super = _make_class_guards()
     safe.update(
         print=print_function,
-        getattr=guarded_getattr,
-        hasattr=guarded_hasattr,
-        setattr=guarded_setattr,
-        delattr=guarded_delattr,
+        getattr=exposed("guarded_getattr"),
+        hasattr=exposed("guarded_hasattr"),
+        setattr=exposed("guarded_setattr"),
+        delattr=exposed("guarded_delattr"),
         __import__=make_import(),
+        __build_class__=expose(build_class),
+        super=expose(guarded_super),
         PolicyError=PolicyError,
     )
-    safe[_FORMAT_GUARD] = format_guard
+    safe[_FORMAT_GUARD] = exposed("format_guard")
+    safe[_MATCH_GUARD] = exposed("match_class_guard")
     return safe

@@ -2,35 +2,53 @@
 
 Design (measurements in ``benchmarks/RESULTS.md``):
 
-* **Spawn**: ``python -I -c <bootstrap>`` with an *empty* environment (no API keys),
-  ``stdin``/``stdout``/``stderr`` on ``/dev/null``, its own session and process group
-  (``setsid``), and only three inherited descriptors: the command pipe, the reply pipe
-  and the context's memfd (``close_fds``). The worker imports only the sandbox's own
-  stdlib-only modules (see ``_worker.py``).
-* **Context**: written once per session into a ``memfd_create`` file (chunked, so the
-  host never holds a second full copy) and decoded once by the worker; a restarted
-  worker maps the same memfd again. It never travels on a command line or per cell.
-* **Confinement** (in the worker, after imports): rlimits, best-effort user+network
-  namespaces, seccomp allow-list with default ``EPERM``. What was applied comes back
-  in the ``ready`` message, is kept in :attr:`ProcessExecutor.confinement`, summarised
-  in ``CodeOutput.extra["confinement"]``, and a missing piece is logged as a warning.
-* **Time**: the worker's soft ``setitimer`` timeout stops Python loops and keeps the
-  session; the host waits for at most ``cell_timeout + grace`` seconds (time inside
-  host functions excluded), then kills the process group and restarts the worker
-  (``CodeOutput.restarted``), which is what stops code stuck in C.
+* **Spawn**: ``python -s -P -c <bootstrap>`` (what ``-I`` gives minus ``-E``) with an
+  environment that holds only ``PYTHONHASHSEED=0`` (no API keys; a fixed hash seed so
+  replays are deterministic), ``stdin``/``stdout``/``stderr`` on ``/dev/null``, its own
+  session and process group (``setsid``), and only two inherited descriptors: the
+  command pipe and the reply pipe (``close_fds``).
+* **Context**: streamed once per worker start over the command pipe, in chunks, from
+  the caller's own object: the host keeps a *reference*, never a copy, and holds at
+  most one encoded chunk at a time; an ASCII ``str`` lands directly in the worker's
+  final string (see ``_worker.py``). Nothing is left in shared memory or a temporary
+  file once the worker has it, and a restart streams the caller's object again. No
+  ``memfd_create``, so the same path runs on every platform.
+* **Confinement** (in the worker, after imports; see ``_worker.py``). What was applied
+  comes back in the ``ready`` message, is validated into :attr:`ProcessExecutor.confinement`
+  and its ``summary`` is put by the host into every ``CodeOutput.extra["confinement"]``
+  (the worker's own ``extra`` keys are filtered by an allow-list, so it cannot overwrite
+  it). A missing piece logs ``SANDBOX DEGRADED`` once per process.
+* **Deadlines on every exchange**: the command pipe is non-blocking and every write,
+  like every read, waits with ``poll`` until a deadline. A cell's deadline is
+  ``min(cell_timeout, timeout)`` + grace, extended by time spent in host functions,
+  and never later than ``timeout`` + grace when the caller passed ``timeout`` (so the
+  whole call returns within ``timeout`` plus a small constant). Variable reads and
+  writes get :data:`CONTROL_TIMEOUT`. A worker that misses one is killed; a new one is
+  started lazily by the next call (so the killing call returns at once, and a closed
+  session never starts one), with the context streamed again and the model told that
+  its variables are gone.
+* **Processes die with the session**: the kill stops, then ``SIGKILL``\\s, the worker's
+  process group and every descendant found through ``/proc`` (the worker is a child
+  subreaper, so orphans stay in its tree); seccomp (full mode) or ``RLIMIT_NPROC`` = 0
+  as ``nobody`` (degraded mode) keep the worker from forking in the first place.
 * **Bridge**: model code calling a host function sends ``call``; the host runs the
   function *in the thread that called the executor* (contextvars and LangChain
-  callbacks carry over), enforcing ``max_subcalls_per_cell`` and
-  ``max_subcall_chars``, and answers ``result`` or ``error``.
+  callbacks carry over), enforcing ``max_subcalls_per_cell`` and ``max_subcall_chars``
+  at any nesting depth, and answers ``result`` or ``error``.
 * **Hostile bytes**: every frame from the worker is size-checked before it is read,
-  JSON-decoded, and validated field by field; a malformed, oversized, out-of-sequence
-  or unexpected message kills and restarts the worker. Only a ``final`` message can set
-  the final answer (and it is what ``FINAL`` sends, so forging one gains nothing).
+  JSON-decoded, validated field by field, and every string in it has unpaired
+  surrogates replaced by U+FFFD (:func:`.repl.clean_text`) before it leaves this
+  module. A malformed, oversized, out-of-sequence or unexpected message kills the
+  worker. Only a ``final`` message can set the final answer.
 
-Non-``HostFunctionError`` exceptions from a host function reach model code as a
-``SubcallError`` naming the exception (and are listed in ``extra["host_errors"]``);
-a ``BaseException`` that is not an ``Exception`` (``KeyboardInterrupt``, a
-cancellation) kills the worker and propagates to the caller.
+Host functions: :class:`~.base.HostFunctionError` reaches model code as a clean
+``SubcallError``; any other ``Exception`` reaches it as a ``SubcallError`` naming the
+exception, is listed in ``extra["host_errors"]`` and logged (with traceback) on the
+``langchain_rlm.sandbox`` logger; a ``BaseException`` that is not an ``Exception`` (a
+cancellation) kills the worker and propagates.
+
+After :meth:`ProcessExecutor.close` (from any thread, also while a cell runs: the
+worker dies at once) every call raises :class:`~.base.SandboxClosedError`.
 """
 
 from __future__ import annotations
@@ -47,30 +65,58 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .base import CodeOutput, HostFunction, HostFunctionError, SandboxLimits
-from .repl import SubcallBudget, SubcallError
+from .base import (
+    CodeOutput,
+    HostFunction,
+    HostFunctionError,
+    SandboxClosedError,
+    SandboxLimits,
+)
+from .policy import ALLOWED_MODULES
+from .repl import NO_TIME_LEFT_ERROR, SubcallBudget, SubcallError, clean_text, clean_value
 
-__all__ = ["ProcessExecutor", "ProcessSandbox", "SandboxStartError", "WorkerProtocolError"]
+__all__ = [
+    "ProcessExecutor",
+    "ProcessSandbox",
+    "SandboxStartError",
+    "WorkerProtocolError",
+]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("langchain_rlm.sandbox")
 
 DEFAULT_GRACE_SECONDS = 1.0
-"""Extra seconds the host waits after ``cell_timeout`` before the hard kill."""
+"""Extra seconds the host waits after the soft timeout before the hard kill."""
 DEFAULT_START_TIMEOUT = 30.0
-"""Seconds a worker may take to decode its context and lock down."""
+"""Seconds a worker may take to start, receive its context and lock down (plus the
+context's size at :data:`MIN_HANDOVER_BYTES_PER_SECOND`)."""
 CONTROL_TIMEOUT = 10.0
-"""Seconds for ``variable_names`` / ``set_variable`` replies."""
+"""Seconds for ``variable_names`` / ``set_variable`` / writes without a cell deadline."""
+MIN_HANDOVER_BYTES_PER_SECOND = 20_000_000
+"""Slowest context transfer the deadlines allow for (the pipe does about 1 GB/s)."""
 MIN_MAX_FRAME_BYTES = 64 * 1024 * 1024
 HEADER_BYTES = 4
-CONTEXT_CHUNK_CHARS = 8 * 1024 * 1024
+CONTEXT_CHUNK_CHARS = 1024 * 1024
 CONTEXT_WRITE_BYTES = 4 * 1024 * 1024
 READ_CHUNK_BYTES = 1024 * 1024
-MAX_EXTRA_KEYS = 16
+WRITE_CHUNK_BYTES = 1024 * 1024
+PIPE_BUFFER_BYTES = 1024 * 1024
+F_SETPIPE_SZ = 1031
 KILL_WAIT_SECONDS = 5.0
+KILL_TREE_PASSES = 3
+WORKER_FLAGS = ("-s", "-P")
+"""``-I`` minus ``-E``: no user site, no script directory on ``sys.path``; the
+environment below is all the worker sees, so ``-E`` is not needed to ignore others."""
+WORKER_ENV = {"PYTHONHASHSEED": "0"}
+WORKER_EXTRA_KEYS = frozenset({"limit", "stdout_truncated_chars"})
+"""The only ``extra`` keys the host accepts from the worker (the rest is host-made)."""
+SIMULATABLE = frozenset({"proc", "seccomp", "namespaces", "nproc", "prctl", "host_proc"})
+"""Pieces tests can pretend are missing (``ProcessSandbox(simulate_missing=...)``)."""
+EXIT_BRIDGE_BROKEN = 71
+_SUMMARY_LAYERS = ("seccomp", "user_namespace", "net_namespace")
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 _BOOTSTRAP = (
@@ -87,6 +133,7 @@ _BOOTSTRAP = (
 
 _live_executors: weakref.WeakSet[ProcessExecutor] = weakref.WeakSet()
 _warned: set[str] = set()
+"""``"degraded"`` once the ``SANDBOX DEGRADED`` warning was logged in this process."""
 
 
 class SandboxStartError(RuntimeError):
@@ -94,15 +141,15 @@ class SandboxStartError(RuntimeError):
 
 
 class WorkerProtocolError(Exception):
-    """The worker broke the protocol (hostile or dead); it is killed and restarted."""
+    """The worker broke the protocol (hostile or dead); it is killed."""
 
 
 class _WorkerDied(WorkerProtocolError):
-    """The worker exited (memory limit, CPU limit, crash)."""
+    """The worker exited (memory limit, CPU limit, crash, a broken bridge)."""
 
 
 class _Deadline(WorkerProtocolError):
-    """The host's hard deadline passed."""
+    """A host deadline passed."""
 
 
 # --------------------------------------------------------------------------- context
@@ -115,87 +162,163 @@ def _context_default(value: Any) -> Any:
     )
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+def _context_kind(context: Any) -> str:
+    if isinstance(context, str):
+        return "ascii" if context.isascii() else "str"
+    return "json"
 
 
-class _ContextFile:
-    """The context, encoded once into an anonymous memory file shared with workers."""
+def _ascii_view(text: str) -> memoryview | None:
+    """A read-only view of an ASCII ``str``'s own bytes (CPython's compact layout).
 
-    def __init__(self, context: Any) -> None:
-        self.fd = os.memfd_create("rlm-context", os.MFD_CLOEXEC)
-        self.kind = "str" if isinstance(context, str) else "json"
-        self.size = 0
-        self._context = context
+    Lets the host write the caller's string to the pipe without encoding a copy. The
+    caller's object stays referenced for as long as the view is used; ``None`` (encode
+    instead) when ``ctypes`` is missing or the layout check fails.
+    """
+    try:
+        import ctypes
 
-    def fill(self) -> None:
-        """Write the encoded context (called while the first worker boots)."""
-        context, self._context = self._context, None
-        if isinstance(context, str):
-            for start in range(0, len(context), CONTEXT_CHUNK_CHARS):
-                chunk = context[start : start + CONTEXT_CHUNK_CHARS]
-                self._write(chunk.encode("utf-8", "surrogatepass"))
+        size = len(text)
+        offset = sys.getsizeof(text) - size - 1
+        raw = (ctypes.c_char * size).from_address(id(text) + offset)
+        view = memoryview(raw).cast("B").toreadonly()
+    except Exception:
+        return None
+    probe = min(size, 64)
+    if bytes(view[:probe]) != text[:probe].encode("ascii") or (
+        bytes(view[size - probe :]) != text[size - probe :].encode("ascii")
+    ):
+        return None
+    return view
+
+
+def _context_chunks(context: Any, kind: str) -> Iterator[bytes | memoryview]:
+    """The encoded context, one chunk at a time (the host never holds a second copy)."""
+    if kind == "ascii" and type(context) is str and context:
+        view = _ascii_view(context)
+        if view is not None:
+            for start in range(0, len(view), CONTEXT_CHUNK_CHARS):
+                yield view[start : start + CONTEXT_CHUNK_CHARS]
             return
-        encoder = json.JSONEncoder(ensure_ascii=False, default=_context_default)
-        buffer: list[str] = []
-        pending = 0
-        for piece in encoder.iterencode(context):
-            buffer.append(piece)
-            pending += len(piece)
-            if pending >= CONTEXT_WRITE_BYTES:
-                self._write("".join(buffer).encode("utf-8", "surrogatepass"))
-                buffer, pending = [], 0
-        self._write("".join(buffer).encode("utf-8", "surrogatepass"))
-
-    def _write(self, data: bytes) -> None:
-        _write_all(self.fd, data)
-        self.size += len(data)
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+    if kind in ("ascii", "str"):
+        codec = "ascii" if kind == "ascii" else "utf-8"
+        for start in range(0, len(context), CONTEXT_CHUNK_CHARS):
+            yield context[start : start + CONTEXT_CHUNK_CHARS].encode(codec, "surrogatepass")
+        return
+    encoder = json.JSONEncoder(ensure_ascii=False, default=_context_default)
+    buffer: list[str] = []
+    pending = 0
+    for piece in encoder.iterencode(context):
+        buffer.append(piece)
+        pending += len(piece)
+        if pending >= CONTEXT_WRITE_BYTES:
+            yield "".join(buffer).encode("utf-8", "surrogatepass")
+            buffer, pending = [], 0
+    if buffer:
+        yield "".join(buffer).encode("utf-8", "surrogatepass")
 
 
-def encode_context_bytes(value: Any) -> tuple[str, bytes]:
-    """``(kind, bytes)`` for a context sent over the pipe (``set_variable``)."""
-    if isinstance(value, str):
-        return "str", value.encode("utf-8", "surrogatepass")
-    text = json.dumps(value, ensure_ascii=False, default=_context_default)
-    return "json", text.encode("utf-8", "surrogatepass")
+def _size_estimate(context: Any) -> int:
+    return len(context) if isinstance(context, str) else 0
 
 
-# --------------------------------------------------------------------------- worker
+def _validate_context(context: Any) -> None:
+    """Raise the clear ``TypeError`` for a non-JSON context, without building a copy."""
+    if isinstance(context, str):
+        return
+    for _piece in json.JSONEncoder(default=_context_default).iterencode(context):
+        pass
+
+
+def _earliest(*deadlines: float | None) -> float | None:
+    present = [d for d in deadlines if d is not None]
+    return min(present) if present else None
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    found: list[int] = []
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                found.extend(int(child) for child in handle.read().split())
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signum)
+
+
+def kill_process_tree(pid: int, use_proc: bool = True) -> list[int]:
+    """Stop, then ``SIGKILL``, the process group of ``pid`` and every descendant.
+
+    Each process is stopped before its children are listed, so a listed pid belongs to
+    a child of a stopped process (it stays a zombie, its pid is not reused) and no one
+    in the tree can fork meanwhile. Returns the pids that were signalled.
+    """
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGSTOP)
+    frozen: list[int] = [pid]
+    if use_proc:
+        seen = {pid}
+        for _ in range(KILL_TREE_PASSES):
+            queue = list(frozen)
+            grown = False
+            while queue:
+                current = queue.pop()
+                _signal(current, signal.SIGSTOP)
+                for child in _children(current):
+                    if child not in seen:
+                        seen.add(child)
+                        frozen.append(child)
+                        queue.append(child)
+                        grown = True
+            if not grown:
+                break
+    for target in frozen:
+        _signal(target, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    return frozen
 
 
 class _WorkerProcess:
-    """One spawned worker and the host ends of its pipes."""
+    """One spawned worker and the host ends of its pipes (all I/O with deadlines)."""
 
-    def __init__(self, python: str, context_fd: int, debug: bool) -> None:
+    def __init__(self, python: str, debug: bool, use_proc: bool) -> None:
         cmd_read, self.cmd_write = os.pipe()
         self.reply_read, reply_write = os.pipe()
+        with contextlib.suppress(OSError, AttributeError):
+            import fcntl
+
+            fcntl.fcntl(self.cmd_write, F_SETPIPE_SZ, PIPE_BUFFER_BYTES)
         try:
             self.proc = subprocess.Popen(
                 [
                     python,
-                    "-I",
+                    *WORKER_FLAGS,
                     "-c",
                     _BOOTSTRAP,
                     _PACKAGE_ROOT,
                     str(cmd_read),
                     str(reply_write),
-                    str(context_fd),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=None if debug else subprocess.DEVNULL,
-                env={},
+                env=dict(WORKER_ENV),
                 cwd="/",
                 close_fds=True,
-                pass_fds=(cmd_read, reply_write, context_fd),
+                pass_fds=(cmd_read, reply_write),
                 start_new_session=True,
             )
         except OSError as exc:
@@ -204,31 +327,65 @@ class _WorkerProcess:
             raise SandboxStartError(f"could not start the sandbox worker: {exc}") from exc
         os.close(cmd_read)
         os.close(reply_write)
+        os.set_blocking(self.cmd_write, False)
         self.pid = self.proc.pid
+        self._use_proc = use_proc
         self._buffer = bytearray()
-        self.alive = True
+        self._kill_lock = threading.Lock()
+        self.killed = False
+        self.signalled: list[int] = []
 
     # ---- frames
 
-    def send(self, message: dict[str, Any]) -> None:
-        self.send_raw(json.dumps(message, ensure_ascii=False, default=str).encode("utf-8"))
+    def _wait(self, fd: int, events: int, deadline: float | None) -> None:
+        if fd < 0:
+            raise _WorkerDied("the worker's pipe is closed")
+        poller = select.poll()
+        poller.register(fd, events)
+        if deadline is None:
+            timeout_ms = None
+        else:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _Deadline("deadline")
+            timeout_ms = max(1, int(remaining * 1000))
+        if not poller.poll(timeout_ms):
+            raise _Deadline("deadline")
 
-    def send_raw(self, payload: bytes) -> None:
-        try:
-            _write_all(self.cmd_write, len(payload).to_bytes(HEADER_BYTES, "big"))
-            _write_all(self.cmd_write, payload)
-        except OSError as exc:
-            raise _WorkerDied(f"the worker stopped reading ({exc})") from None
+    def _write(self, data: bytes | memoryview, deadline: float | None) -> None:
+        if deadline is None:
+            deadline = (
+                time.monotonic() + CONTROL_TIMEOUT + len(data) / MIN_HANDOVER_BYTES_PER_SECOND
+            )
+        view = memoryview(data)
+        while view:
+            if self.cmd_write < 0:
+                raise _WorkerDied("the worker's pipe is closed")
+            try:
+                written = os.write(self.cmd_write, view[:WRITE_CHUNK_BYTES])
+            except BlockingIOError:
+                self._wait(self.cmd_write, select.POLLOUT, deadline)
+                continue
+            except OSError as exc:
+                raise _WorkerDied(f"the worker stopped reading ({exc})") from None
+            view = view[written:]
+
+    def send_frame(self, payload: bytes | memoryview, deadline: float | None) -> None:
+        self._write(len(payload).to_bytes(HEADER_BYTES, "big"), deadline)
+        if payload:
+            self._write(payload, deadline)
+
+    def send(self, message: dict[str, Any], deadline: float | None) -> None:
+        payload = json.dumps(message, ensure_ascii=False, default=str)
+        self.send_frame(payload.encode("utf-8", "surrogatepass"), deadline)
 
     def _fill(self, size: int, deadline: float | None) -> None:
         while len(self._buffer) < size:
-            timeout = None if deadline is None else deadline - time.monotonic()
-            if timeout is not None and timeout <= 0:
-                raise _Deadline("deadline")
-            ready, _, _ = select.select([self.reply_read], [], [], timeout)
-            if not ready:
-                raise _Deadline("deadline")
-            chunk = os.read(self.reply_read, max(READ_CHUNK_BYTES, size - len(self._buffer)))
+            self._wait(self.reply_read, select.POLLIN, deadline)
+            try:
+                chunk = os.read(self.reply_read, max(READ_CHUNK_BYTES, size - len(self._buffer)))
+            except OSError as exc:
+                raise _WorkerDied(f"the worker's pipe failed ({exc})") from None
             if not chunk:
                 raise _WorkerDied(self._death_reason())
             self._buffer += chunk
@@ -254,6 +411,8 @@ class _WorkerProcess:
             code = self.proc.wait(timeout=1.0)
         except subprocess.TimeoutExpired:
             return "the worker closed its pipe"
+        if code == EXIT_BRIDGE_BROKEN:
+            return "the worker broke off a sub-call exchange (its soft timer fired inside it)"
         if code < 0:
             try:
                 name = signal.Signals(-code).name
@@ -265,58 +424,93 @@ class _WorkerProcess:
     # ---- lifecycle
 
     def kill(self) -> None:
-        if self.alive:
-            self.alive = False
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, signal.SIGKILL)
-            try:
-                self.proc.wait(timeout=KILL_WAIT_SECONDS)
-            except subprocess.TimeoutExpired:  # pragma: no cover - unkillable
-                logger.error("sandbox worker %s did not die after SIGKILL", self.pid)
+        """Kill the worker and everything it started. Safe from any thread; idempotent."""
+        with self._kill_lock:
+            if self.killed:
+                return
+            self.killed = True
+            self.signalled = kill_process_tree(self.pid, self._use_proc)
+        try:
+            self.proc.wait(timeout=KILL_WAIT_SECONDS)
+        except subprocess.TimeoutExpired:  # pragma: no cover - unkillable
+            logger.error("sandbox worker %s did not die after SIGKILL", self.pid)
+
+    def release(self) -> None:
+        """Close the host's pipe ends (only by the thread that owns the executor)."""
+        self.kill()
         for name in ("cmd_write", "reply_read"):
             fd = getattr(self, name)
             if fd >= 0:
-                os.close(fd)
                 setattr(self, name, -1)
+                os.close(fd)
 
 
-# --------------------------------------------------------------------------- executor
+# --------------------------------------------------------------------------- confinement
 
 
-def _summarise(confinement: Mapping[str, Any]) -> str:
-    parts = [name for name in ("seccomp", "user_namespace", "net_namespace") if confinement[name]]
-    parts.append("rlimits:" + ",".join(sorted(confinement["rlimits"])))
-    missing = [n for n in ("seccomp", "user_namespace", "net_namespace") if not confinement[n]]
-    if missing:
-        return "DEGRADED (missing " + ", ".join(missing) + "): " + " + ".join(parts)
-    return " + ".join(parts)
-
-
-def _clean_confinement(raw: Any) -> dict[str, Any]:
-    """Validate the worker's (untrusted) report of what it applied."""
+def _clean_confinement(raw: Any, use_proc: bool) -> dict[str, Any]:
+    """Validate the worker's (untrusted) report and derive what the host relies on."""
     if not isinstance(raw, dict):
         raise WorkerProtocolError("malformed ready message")
     rlimits = raw.get("rlimits")
     errors = raw.get("errors")
-    return {
-        "seccomp": raw.get("seccomp") is True,
-        "user_namespace": raw.get("user_namespace") is True,
-        "net_namespace": raw.get("net_namespace") is True,
-        "rlimits": {str(k)[:20]: v for k, v in rlimits.items() if isinstance(v, int)}
+    missing_raw = raw.get("missing")
+    uid = raw.get("uid")
+    conf: dict[str, Any] = {name: raw.get(name) is True for name in (*_SUMMARY_LAYERS, "subreaper")}
+    conf["uid"] = uid if isinstance(uid, int) and not isinstance(uid, bool) else -1
+    conf["rlimits"] = (
+        {
+            clean_text(str(k))[:20]: v
+            for k, v in list(rlimits.items())[:20]
+            if isinstance(v, int) and not isinstance(v, bool)
+        }
         if isinstance(rlimits, dict)
-        else {},
-        "errors": [str(e)[:300] for e in errors[:20]] if isinstance(errors, list) else [],
-    }
+        else {}
+    )
+    conf["errors"] = (
+        [clean_text(str(e))[:300] for e in errors[:20]] if isinstance(errors, list) else []
+    )
+    missing = [m for m in _SUMMARY_LAYERS if not conf[m]]
+    if isinstance(missing_raw, list) and "proc" in missing_raw:
+        missing.append("proc")
+    if conf["seccomp"]:
+        conf["no_fork"] = "seccomp"
+    elif "NPROC" in conf["rlimits"] and conf["uid"] != 0:
+        conf["no_fork"] = "nproc"
+    else:
+        conf["no_fork"] = "none"
+        missing.append("no_fork")
+    conf["kill"] = "process-tree" if use_proc else "process-group"
+    if not use_proc:
+        missing.append("host_proc")
+    conf["missing"] = missing
+    return conf
+
+
+def _summarise(conf: Mapping[str, Any]) -> str:
+    parts = [name for name in _SUMMARY_LAYERS if conf[name]]
+    parts.append(f"no_fork:{conf['no_fork']}")
+    parts.append(f"kill:{conf['kill']}")
+    parts.append("rlimits:" + ",".join(sorted(conf["rlimits"])))
+    if conf["missing"]:
+        return "DEGRADED (missing " + ", ".join(conf["missing"]) + "): " + " + ".join(parts)
+    return " + ".join(parts)
 
 
 def _clean_extra(raw: Any) -> dict[str, Any]:
     if not isinstance(raw, dict):
         return {}
     clean: dict[str, Any] = {}
-    for key, value in list(raw.items())[:MAX_EXTRA_KEYS]:
-        if isinstance(value, int | float | bool) or (isinstance(value, str) and len(value) <= 200):
-            clean[str(key)[:50]] = value
+    for key in WORKER_EXTRA_KEYS:
+        value = raw.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            clean[key] = value
+        elif isinstance(value, str) and len(value) <= 200:
+            clean[key] = clean_text(value)
     return clean
+
+
+# --------------------------------------------------------------------------- executor
 
 
 class ProcessExecutor:
@@ -335,10 +529,17 @@ class ProcessExecutor:
         require_confinement: bool = False,
         python: str | None = None,
         debug: bool = False,
+        simulate_missing: frozenset[str] = frozenset(),
+        test_raw_exec: bool = False,
     ) -> None:
         for name in functions:
             if not name.isidentifier() or name.startswith("__"):
                 raise ValueError(f"invalid host function name: {name!r}")
+        unknown = set(simulate_missing) - SIMULATABLE
+        if unknown:
+            raise ValueError(
+                f"simulate_missing: unknown pieces {sorted(unknown)}; valid: {sorted(SIMULATABLE)}"
+            )
         self.limits = limits
         self._functions = dict(functions)
         self._grace = grace_seconds
@@ -348,32 +549,39 @@ class ProcessExecutor:
         self._require = require_confinement
         self._python = python or sys.executable
         self._debug = debug
+        self._simulate = frozenset(simulate_missing)
+        self._use_proc = "host_proc" not in self._simulate and os.path.isdir("/proc/self/task")
+        self._test_raw_exec = test_raw_exec
         self._lock = threading.RLock()
         self._seq = 0
         self._closed = False
-        self._released = False
+        self._busy = 0
         self.max_frame = max(
             MIN_MAX_FRAME_BYTES, 8 * limits.max_captured_output + 8 * limits.max_subcall_chars
         )
         self.confinement: dict[str, Any] = {}
         self.restarts = 0
-        self._context = _ContextFile(context)
+        self._context = context  # a reference to the caller's object, never a copy
         self._worker: _WorkerProcess | None = None
-        try:
-            self._start_worker(fill_context=True)
-        except BaseException:
-            self._context.close()
-            raise
+        self._start_worker(None)
         _live_executors.add(self)
+
+    allowed_modules: tuple[str, ...] = tuple(sorted(ALLOWED_MODULES))
 
     # ----------------------------------------------------------------- lifecycle
 
     @property
     def pid(self) -> int | None:
         """The worker's process id (``None`` when no worker runs)."""
-        return self._worker.pid if self._worker is not None and self._worker.alive else None
+        worker = self._worker
+        return worker.pid if worker is not None and not worker.killed else None
 
-    def _config(self) -> dict[str, Any]:
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def _config(self, kind: str) -> dict[str, Any]:
         limits = self.limits
         return {
             "limits": {
@@ -384,36 +592,47 @@ class ProcessExecutor:
                 "max_subcall_chars": limits.max_subcall_chars,
             },
             "functions": list(self._functions),
-            "context_kind": self._context.kind,
-            "context_size": self._context.size,
+            "context_kind": kind,
+            "context_chars": len(self._context) if kind == "ascii" else 0,
             "max_frame": self.max_frame,
             "seccomp": self._seccomp,
             "unshare": self._namespaces,
+            "simulate_missing": sorted(self._simulate),
+            "test_raw_exec": self._test_raw_exec,
         }
 
-    def _start_worker(self, fill_context: bool = False) -> None:
-        worker = _WorkerProcess(self._python, self._context.fd, self._debug)
+    def _handover_deadline(self, base: float, abs_deadline: float | None) -> float:
+        budget = base + _size_estimate(self._context) / MIN_HANDOVER_BYTES_PER_SECOND
+        return min(time.monotonic() + budget, abs_deadline or float("inf"))
+
+    def _start_worker(self, abs_deadline: float | None) -> _WorkerProcess:
+        if self._closed:
+            raise SandboxClosedError("this sandbox session is closed")
+        worker = _WorkerProcess(self._python, self._debug, self._use_proc)
         self._worker = worker
+        deadline = self._handover_deadline(self._start_timeout, abs_deadline)
+        kind = _context_kind(self._context)
         try:
-            if fill_context:
-                self._context.fill()
-            worker.send(self._config())
-            deadline = time.monotonic() + self._start_timeout
+            worker.send(self._config(kind), deadline)
+            for chunk in _context_chunks(self._context, kind):
+                worker.send_frame(chunk, deadline)
+            worker.send_frame(b"", deadline)
             message = worker.recv(deadline, self.max_frame)
             if message["t"] == "fatal":
-                raise SandboxStartError(f"the sandbox worker failed: {message.get('error')}")
+                raise SandboxStartError(
+                    f"the sandbox worker failed: {clean_text(str(message.get('error')))[:500]}"
+                )
             if message["t"] != "ready":
                 raise WorkerProtocolError(f"unexpected {message['t']!r} message at start")
-            self.confinement = _clean_confinement(message.get("confinement"))
+            self.confinement = _clean_confinement(message.get("confinement"), self._use_proc)
         except WorkerProtocolError as exc:
-            worker.kill()
-            self._worker = None
+            self._drop_worker()
             raise SandboxStartError(f"the sandbox worker did not start: {exc}") from exc
         except BaseException:
-            worker.kill()
-            self._worker = None
+            self._drop_worker()
             raise
         self._report_confinement()
+        return worker
 
     def _report_confinement(self) -> None:
         summary = _summarise(self.confinement)
@@ -421,69 +640,59 @@ class ProcessExecutor:
         if not summary.startswith("DEGRADED"):
             return
         if self._require:
-            self._kill_worker()
+            self._drop_worker()
             raise SandboxStartError(
                 f"sandbox confinement incomplete and required: {summary}; "
                 f"errors: {self.confinement['errors']}"
             )
-        if summary not in _warned:
-            _warned.add(summary)
+        if "degraded" not in _warned:
+            _warned.add("degraded")
             logger.warning(
-                "SANDBOX DEGRADED: the worker runs with %s (errors: %s). Model code is still "
-                "limited by the import policy and rlimits, but not by the OS-level allow-list.",
+                "SANDBOX DEGRADED: the worker runs with %s (errors: %s). Model code is held "
+                "by the language policy, rlimits and the process kill, not by an OS-level "
+                "syscall allow-list. Reported in CodeOutput.extra['confinement'].",
                 summary,
                 "; ".join(self.confinement["errors"]) or "none",
             )
+        else:
+            logger.debug("sandbox degraded: %s", summary)
 
-    def _kill_worker(self) -> None:
+    def _drop_worker(self) -> None:
+        """Kill the worker and close its pipes (only the thread holding the lock)."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.release()
+
+    def _kill_worker(self, reason: str) -> None:
         if self._worker is not None:
-            self._worker.kill()
-            self._worker = None
+            logger.warning("sandbox worker %s killed: %s", self._worker.pid, reason)
+            self.restarts += 1
+        self._drop_worker()
 
     def _restart(self) -> None:
-        self._kill_worker()
-        if self._closed:  # closed from another thread while a cell ran: stay down
-            raise SandboxStartError("the session was closed")
-        self.restarts += 1
-        self._start_worker()
-
-    def _ensure_worker(self) -> _WorkerProcess:
-        if self._closed:
-            raise RuntimeError("this sandbox session is closed")
-        if self._worker is None or not self._worker.alive:
-            self._start_worker()
-        assert self._worker is not None
-        return self._worker
+        """Kill the worker and start a new one now (benchmarks; cells restart lazily)."""
+        with self._lock:
+            self._kill_worker("restart requested")
+            self._start_worker(None)
 
     def close(self) -> None:
-        """Kill the worker's process group and free the context. Idempotent.
+        """Kill the worker (and all it started) and forget the context. Idempotent.
 
-        Safe to call from another thread while a cell runs (a cancelled run): the worker
-        is killed at once, and the cell returns an error instead of restarting it.
+        Safe from any thread, also while a cell runs: the worker dies at once, the
+        running call raises :class:`SandboxClosedError`, and no worker is started again.
         """
-        if not self._lock.acquire(blocking=False):
-            self._closed = True
-            worker = self._worker
-            if worker is not None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(worker.pid, signal.SIGKILL)
-            self._lock.acquire()
-        try:
-            if self._released:
-                return
-            self._released = True
-            self._closed = True
-            if self._worker is not None:
-                try:
-                    if self._worker.alive:
-                        self._worker.send({"op": "close"})
-                except WorkerProtocolError:
-                    pass
-            self._kill_worker()
-            self._context.close()
-            _live_executors.discard(self)
-        finally:
-            self._lock.release()
+        self._closed = True
+        worker = self._worker
+        if worker is not None:
+            worker.kill()
+        if self._lock.acquire(blocking=False):
+            try:
+                if not self._busy:
+                    self._drop_worker()
+                    self._context = None
+            finally:
+                self._lock.release()
+        _live_executors.discard(self)
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
@@ -495,33 +704,118 @@ class ProcessExecutor:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _enter(self, timeout: float | None) -> bool:
+        if self._closed:
+            raise SandboxClosedError("this sandbox session is closed")
+        acquired = self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0))
+        if not acquired:
+            return False
+        if self._closed:
+            self._lock.release()
+            raise SandboxClosedError("this sandbox session is closed")
+        self._busy += 1
+        return True
+
+    def _leave(self) -> None:
+        self._busy -= 1
+        try:
+            if self._closed and not self._busy:
+                self._drop_worker()
+                self._context = None
+        finally:
+            self._lock.release()
+
+    def _ensure_worker(self, abs_deadline: float | None) -> _WorkerProcess:
+        if self._worker is None or self._worker.killed:
+            if self._worker is not None:
+                self._drop_worker()
+            return self._start_worker(abs_deadline)
+        return self._worker
+
     # ----------------------------------------------------------------- cells
 
-    def __call__(self, code: str) -> CodeOutput:
+    def __call__(self, code: str, *, timeout: float | None = None) -> CodeOutput:
+        """Run one cell. ``timeout`` caps this call (see the module docstring)."""
         if not isinstance(code, str):
             raise TypeError(f"code must be a str, not {type(code).__name__}")
-        with self._lock:
-            started = time.perf_counter()
-            restarted = self._worker is None or not self._worker.alive
-            worker = self._ensure_worker()
-            output = self._run_cell(worker, code)
-            output.restarted = output.restarted or restarted
-            output.seconds = time.perf_counter() - started
-            output.extra.setdefault("confinement", self.confinement.get("summary", ""))
-            return output
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float)
+        ):
+            raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+        started = time.monotonic()
+        abs_deadline = None if timeout is None else started + max(timeout, 0.0) + self._grace
+        if not self._enter(timeout):
+            return self._output(
+                CodeOutput(
+                    error="TimeoutError: the session was busy with another cell for the whole "
+                    "time left; the cell did not run.",
+                    extra={"limit": "timeout"},
+                )
+            )
+        try:
+            output = self._call_locked(code, timeout, abs_deadline)
+        finally:
+            self._leave()
+        output.seconds = time.monotonic() - started
+        return self._output(output)
 
-    def _run_cell(self, worker: _WorkerProcess, code: str) -> CodeOutput:
+    def _output(self, output: CodeOutput) -> CodeOutput:
+        output.extra["confinement"] = self.confinement.get("summary", "")
+        return output
+
+    def _call_locked(
+        self, code: str, timeout: float | None, abs_deadline: float | None
+    ) -> CodeOutput:
+        if timeout is not None and timeout <= 0:
+            return CodeOutput(
+                error=NO_TIME_LEFT_ERROR,
+                extra={"limit": "timeout"},
+            )
+        restarted = self._worker is None or self._worker.killed
+        try:
+            worker = self._ensure_worker(abs_deadline)
+        except SandboxStartError as exc:
+            self._check_closed()
+            return CodeOutput(
+                error=f"SandboxError: the worker could not be started ({exc}).",
+                restarted=True,
+                extra={"limit": "start"},
+            )
+        output = self._run_cell(worker, code, timeout, abs_deadline)
+        output.restarted = output.restarted or restarted
+        return output
+
+    def _check_closed(self) -> None:
+        if self._closed:
+            raise SandboxClosedError("this sandbox session was closed while the cell ran")
+
+    def _soft_seconds(self, timeout: float | None) -> float | None:
+        cell = self.limits.cell_timeout
+        if timeout is None:
+            return cell
+        return min(cell, timeout) if cell else timeout
+
+    def _run_cell(
+        self,
+        worker: _WorkerProcess,
+        code: str,
+        timeout: float | None,
+        abs_deadline: float | None,
+    ) -> CodeOutput:
         self._seq += 1
         seq = self._seq
         budget = SubcallBudget(self.limits)
         host_errors: list[str] = []
         final: str | None = None
-        timeout = self.limits.cell_timeout
-        deadline = time.monotonic() + timeout + self._grace if timeout else None
+        soft = self._soft_seconds(timeout)
+        cell_deadline = time.monotonic() + soft + self._grace if soft else None
         try:
-            worker.send({"op": "exec", "seq": seq, "code": code})
+            worker.send(
+                {"op": "exec", "seq": seq, "code": code, "soft": soft},
+                _earliest(cell_deadline, abs_deadline),
+            )
             while True:
-                message = worker.recv(deadline, self.max_frame)
+                message = worker.recv(_earliest(cell_deadline, abs_deadline), self.max_frame)
                 if message.get("seq") != seq:
                     raise WorkerProtocolError("message out of sequence")
                 kind = message["t"]
@@ -530,52 +824,69 @@ class ProcessExecutor:
                     if not isinstance(answer, str):
                         raise WorkerProtocolError("malformed final message")
                     if final is None:
-                        final = answer
+                        final = clean_text(answer)
                 elif kind == "call":
-                    spent = self._serve_call(worker, message, budget, host_errors)
-                    if deadline is not None:
-                        deadline += spent
+                    spent, payload = self._serve_call(message, budget, host_errors)
+                    if cell_deadline is not None:
+                        cell_deadline += spent
+                    if abs_deadline is not None and time.monotonic() >= abs_deadline:
+                        raise _Deadline("the run's time limit")
+                    worker.send_frame(payload, _earliest(cell_deadline, abs_deadline))
                 elif kind == "done":
                     return self._finish(message, final, budget, host_errors)
                 else:
                     raise WorkerProtocolError(f"unexpected {kind!r} message")
         except _Deadline:
-            return self._recover(
-                final,
-                f"TimeoutError: the cell did not stop within {timeout:g} s (plus "
+            self._check_closed()
+            ran_out = abs_deadline is not None and time.monotonic() >= abs_deadline
+            text = (
+                f"TimeoutError: the run's time limit ended the cell (it had {timeout:g} s)."
+                if ran_out and timeout is not None
+                else f"TimeoutError: the cell did not stop within {soft:g} s (plus "
                 f"{self._grace:g} s grace); it was probably stuck inside a single C-level "
-                "operation (huge arithmetic, a catastrophic regex, a giant allocation).",
-                "cell_timeout_hard",
-                budget,
+                "operation (huge arithmetic, a catastrophic regex, a giant allocation) or "
+                "did not read the host's messages."
+            )
+            return self._recover(
+                final, text, "timeout" if ran_out else "cell_timeout_hard", budget, host_errors
             )
         except _WorkerDied as exc:
+            self._check_closed()
             return self._recover(
                 final,
                 f"SandboxError: {exc} (likely the memory or CPU limit).",
                 "worker_died",
                 budget,
+                host_errors,
             )
         except WorkerProtocolError as exc:
+            self._check_closed()
             return self._recover(
                 final,
                 f"SandboxError: the worker sent an invalid message ({exc}).",
                 "protocol",
                 budget,
+                host_errors,
             )
 
     def _recover(
-        self, final: str | None, message: str, limit: str, budget: SubcallBudget
+        self,
+        final: str | None,
+        message: str,
+        limit: str,
+        budget: SubcallBudget,
+        host_errors: list[str],
     ) -> CodeOutput:
-        try:
-            self._restart()
-            note = "The worker was restarted: all variables were reset (`context` is loaded again)."
-        except SandboxStartError as exc:
-            note = f"The worker could not be restarted ({exc})."
+        self._kill_worker(limit)
+        note = (
+            "The worker was stopped: all variables were reset (`context` is loaded again "
+            "for the next cell)."
+        )
+        extra: dict[str, Any] = {"limit": limit, "subcalls": budget.used}
+        if host_errors:
+            extra["host_errors"] = host_errors
         return CodeOutput(
-            error=f"{message} {note}",
-            final_answer=final,
-            restarted=True,
-            extra={"limit": limit, "subcalls": budget.used},
+            error=f"{message} {note}", final_answer=final, restarted=True, extra=extra
         )
 
     def _finish(
@@ -596,15 +907,20 @@ class ProcessExecutor:
         extra["subcalls"] = budget.used
         if host_errors:
             extra["host_errors"] = host_errors
-        return CodeOutput(stdout=stdout, error=error, final_answer=final, extra=extra)
+        return CodeOutput(
+            stdout=clean_text(stdout),
+            error=None if error is None else clean_text(error),
+            final_answer=final,
+            extra=extra,
+        )
 
     def _serve_call(
         self,
-        worker: _WorkerProcess,
         message: dict[str, Any],
         budget: SubcallBudget,
         host_errors: list[str],
-    ) -> float:
+    ) -> tuple[float, bytes]:
+        """Run one host function; ``(seconds spent, encoded reply)``."""
         name, args, kwargs = message.get("name"), message.get("args"), message.get("kwargs")
         if (
             not isinstance(name, str)
@@ -613,6 +929,8 @@ class ProcessExecutor:
             or not isinstance(kwargs, dict)
         ):
             raise WorkerProtocolError("malformed call message")
+        args = clean_value(args)
+        kwargs = clean_value(kwargs)
         started = time.monotonic()
         try:
             budget.charge(name, tuple(args), kwargs)
@@ -623,82 +941,111 @@ class ProcessExecutor:
         except Exception as exc:
             text = f"{name} failed on the host: {type(exc).__name__}: {exc}"
             host_errors.append(text)
+            logger.error("host function %r raised inside a sandbox cell", name, exc_info=True)
             reply = {"t": "error", "message": text}
         except BaseException:
-            self._kill_worker()
+            self._kill_worker("a host function was cancelled")
             raise
+        spent = time.monotonic() - started
         try:
-            payload = json.dumps(reply, ensure_ascii=False, default=str).encode("utf-8")
+            payload = json.dumps(reply, ensure_ascii=False, default=str)
         except (TypeError, ValueError) as exc:
             payload = json.dumps(
                 {"t": "error", "message": f"{name}: result could not be sent: {exc}"}
-            ).encode("utf-8")
-        worker.send_raw(payload)
-        return time.monotonic() - started
+            )
+        return spent, payload.encode("utf-8", "surrogatepass")
 
     # ----------------------------------------------------------------- variables
 
-    def _control(self, message: dict[str, Any], raw: bytes | None = None) -> Any:
-        worker = self._ensure_worker()
-        self._seq += 1
-        message["seq"] = self._seq
-        timeout = (self.limits.cell_timeout or CONTROL_TIMEOUT) + self._grace
+    def _control(self, message: dict[str, Any], timeout: float, stream: Any = None) -> Any:
+        """One variable command with a deadline; a worker that misses it is killed."""
+        if not self._enter(None):  # pragma: no cover - blocking acquire
+            raise SandboxClosedError("this sandbox session is closed")
         try:
-            worker.send(message)
-            if raw is not None:
-                worker.send_raw(raw)
-            reply = worker.recv(time.monotonic() + timeout, self.max_frame)
-            if reply.get("t") != "value" or reply.get("seq") != self._seq:
-                raise WorkerProtocolError("unexpected reply")
-            return reply.get("value")
-        except WorkerProtocolError as exc:
-            logger.warning("sandbox worker failed on %s (%s); restarting it", message["op"], exc)
-            self._restart()
-            raise
+            worker = self._ensure_worker(None)
+            self._seq += 1
+            message["seq"] = self._seq
+            deadline = time.monotonic() + timeout
+            try:
+                worker.send(message, deadline)
+                if stream is not None:
+                    for chunk in _context_chunks(stream, message["stream_kind"]):
+                        worker.send_frame(chunk, deadline)
+                    worker.send_frame(b"", deadline)
+                reply = worker.recv(deadline, self.max_frame)
+                if reply.get("t") != "value" or reply.get("seq") != self._seq:
+                    raise WorkerProtocolError("unexpected reply")
+                return clean_value(reply.get("value"))
+            except WorkerProtocolError as exc:
+                self._check_closed()
+                self._kill_worker(f"{message['op']} failed ({exc})")
+                raise
+        finally:
+            self._leave()
 
     def get_variable(self, name: str) -> str | None:
-        with self._lock:
-            try:
-                value = self._control({"op": "get", "name": str(name)})
-            except WorkerProtocolError:
-                return None
-            return value if isinstance(value, str) else None
+        """``str()`` of a variable (``None`` when missing or when the worker failed)."""
+        timeout = (self.limits.cell_timeout or CONTROL_TIMEOUT) + self._grace
+        try:
+            value = self._control({"op": "get", "name": str(name)}, timeout)
+        except WorkerProtocolError:
+            return None
+        return value if isinstance(value, str) else None
 
     def variable_names(self) -> list[str]:
-        with self._lock:
-            try:
-                value = self._control({"op": "names"})
-            except WorkerProtocolError:
-                return []
-            if not isinstance(value, list):
-                return []
-            return [str(name) for name in value if isinstance(name, str)]
+        """Names the model defined (``[]`` when the worker failed)."""
+        try:
+            value = self._control({"op": "names"}, CONTROL_TIMEOUT + self._grace)
+        except WorkerProtocolError:
+            return []
+        if not isinstance(value, list):
+            return []
+        return [name for name in value if isinstance(name, str)]
 
     def set_variable(self, name: str, value: Any) -> None:
-        """Bind a JSON-like value; ``context`` also replaces what a restart reloads."""
+        """Bind a JSON-like value; ``context`` also replaces what a restart streams."""
         if not isinstance(name, str) or not name.isidentifier() or name.startswith("__"):
             raise ValueError(f"invalid variable name: {name!r}")
         if name in self._functions or name in ("FINAL", "FINAL_VAR", "SHOW_VARS"):
             raise ValueError(f"{name!r} is a REPL function and cannot be rebound")
-        with self._lock:
-            if name == "context":
-                self._replace_context(value)
-                return
-            json.dumps(value, default=_context_default)  # clear TypeError for non-JSON values
-            try:
-                self._control({"op": "set", "name": name, "value": value})
-            except WorkerProtocolError as exc:
-                raise RuntimeError(f"could not set {name!r} in the sandbox: {exc}") from exc
+        _validate_context(value)
+        if self._closed:
+            raise SandboxClosedError("this sandbox session is closed")
+        if name == "context":
+            self._context = value
+            if self._worker is None or self._worker.killed:
+                return  # the next start streams the new context
+            kind = _context_kind(value)
+            message = {
+                "op": "set",
+                "name": "context",
+                "stream_kind": kind,
+                "chars": len(value) if kind == "ascii" else 0,
+            }
+            timeout = CONTROL_TIMEOUT + _size_estimate(value) / MIN_HANDOVER_BYTES_PER_SECOND
+            # on failure the worker is killed and the next start streams the new context
+            with contextlib.suppress(WorkerProtocolError):
+                self._control(message, timeout, stream=value)
+            return
+        try:
+            self._control({"op": "set", "name": name, "value": value}, CONTROL_TIMEOUT)
+        except WorkerProtocolError as exc:
+            raise RuntimeError(f"could not set {name!r} in the sandbox: {exc}") from exc
 
-    def _replace_context(self, value: Any) -> None:
-        new_file = _ContextFile(value)
-        new_file.fill()
-        old, self._context = self._context, new_file
-        old.close()
-        kind, raw = encode_context_bytes(value)
-        # on failure, the restart in _control already loaded the new context
-        with contextlib.suppress(WorkerProtocolError):
-            self._control({"op": "set", "name": "context", "raw_kind": kind}, raw)
+    # ----------------------------------------------------------------- test hook
+
+    def _raw_exec_for_tests(self, code: str, timeout: float = CONTROL_TIMEOUT) -> dict[str, Any]:
+        """TEST ONLY: run unvetted ``code`` in the confined worker (policy bypassed).
+
+        Needs ``ProcessSandbox(test_raw_exec=True)``; the worker refuses otherwise. The
+        code may set ``result``; returns ``{"result": repr(result), "error": ...}``.
+        """
+        if not self._test_raw_exec:
+            raise RuntimeError("raw execution is a test hook: start with test_raw_exec=True")
+        value = self._control({"op": "raw", "code": code}, timeout)
+        if not isinstance(value, dict):
+            raise WorkerProtocolError("unexpected raw reply")
+        return value
 
 
 class ProcessSandbox:
@@ -706,9 +1053,15 @@ class ProcessSandbox:
 
     ``seccomp`` / ``namespaces`` can be switched off (tests of the degraded mode,
     platforms without them); ``require_confinement=True`` refuses to run degraded.
+    ``simulate_missing`` (tests) pretends pieces of the platform are absent: ``"proc"``
+    (the worker's ``/proc``), ``"host_proc"``, ``"seccomp"`` (no ``pyseccomp``),
+    ``"namespaces"``, ``"nproc"`` (no privilege drop / ``RLIMIT_NPROC``), ``"prctl"``.
+    ``test_raw_exec`` enables the test-only hook that runs unvetted code in the worker.
     """
 
     name = "process"
+    allowed_modules: tuple[str, ...] = tuple(sorted(ALLOWED_MODULES))
+    """What ``import`` may load in this sandbox."""
 
     def __init__(
         self,
@@ -720,6 +1073,8 @@ class ProcessSandbox:
         require_confinement: bool = False,
         python: str | None = None,
         debug: bool = False,
+        simulate_missing: frozenset[str] | set[str] | tuple[str, ...] = frozenset(),
+        test_raw_exec: bool = False,
     ) -> None:
         self.grace_seconds = grace_seconds
         self.start_timeout = start_timeout
@@ -728,6 +1083,8 @@ class ProcessSandbox:
         self.require_confinement = require_confinement
         self.python = python
         self.debug = debug or bool(os.environ.get("RLM_SANDBOX_DEBUG"))
+        self.simulate_missing = frozenset(simulate_missing)
+        self.test_raw_exec = test_raw_exec
 
     def start(
         self,
@@ -746,6 +1103,8 @@ class ProcessSandbox:
             require_confinement=self.require_confinement,
             python=self.python,
             debug=self.debug,
+            simulate_missing=self.simulate_missing,
+            test_raw_exec=self.test_raw_exec,
         )
 
 

@@ -23,22 +23,33 @@ variables and sets nothing.
 
 How a host function is reached (direct call or RPC) and how the cell timer works are
 injected by the sandbox (``call_host`` and a :class:`CellTimer`), so the core has no
-I/O of its own and imports nothing the worker would not import anyway.
+I/O of its own and imports nothing the worker would not import anyway. ``call_host``
+pauses the timer itself (the process worker only after it converted the arguments).
+
+Every function the core hands to model code (``print``, ``FINAL``, ``FINAL_VAR``,
+``SHOW_VARS``, the host-function stubs) is rebuilt over the policy's scrubbed globals
+(:func:`policy.expose`): their ``__globals__`` hold no ``builtins`` or ``sys``.
+
+:func:`clean_text` / :func:`clean_value` replace unpaired surrogates by U+FFFD; the
+sandboxes apply them to everything that leaves a session (stdout, errors, answers,
+host-call arguments, variable values), so no prompt, checkpoint or trace gets a string
+that cannot be encoded.
 """
 
 from __future__ import annotations
 
 import ast
-import builtins
+import re
 import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .base import REPL_FUNCTION_NAMES, SandboxLimits
-from .policy import PolicyError, check_code, make_safe_builtins
+from .policy import PolicyError, check_code, expose, make_safe_builtins
 
 __all__ = [
+    "NO_TIME_LEFT_ERROR",
     "CellResult",
     "CellTimeout",
     "CellTimer",
@@ -47,6 +58,8 @@ __all__ = [
     "ReplCore",
     "SubcallBudget",
     "SubcallError",
+    "clean_text",
+    "clean_value",
     "format_exception",
 ]
 
@@ -54,6 +67,55 @@ TRUNCATION_MARKER = "\n... [output truncated: {dropped} more characters not show
 MAX_TRACEBACK_LINES = 8
 MAX_ERROR_MESSAGE_CHARS = 2_000
 SHOW_VARS_PREVIEW_CHARS = 60
+MAX_SIZE_WALK_ITEMS = 1_000_000
+"""Items (containers and scalars) one size check visits before it refuses the call."""
+FLOAT_CHARS = 24
+NO_TIME_LEFT_ERROR = "TimeoutError: no time is left in the run's budget; the cell did not run."
+"""What a call with ``timeout <= 0`` returns (it does not run the cell)."""
+REPLACEMENT_CHARACTER = "\ufffd"
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """``text`` with every unpaired surrogate replaced by U+FFFD (a plain ``str``)."""
+    text = str.__str__(text) if type(text) is not str else text
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATES.sub(REPLACEMENT_CHARACTER, text)
+    return text
+
+
+def clean_value(value: Any) -> Any:
+    """A copy of a JSON-like value with :func:`clean_text` applied to every string.
+
+    Iterative (no recursion limit); containers that hold no dirty string come back as
+    they are.
+    """
+    if isinstance(value, str):
+        return clean_text(value)
+    if not isinstance(value, list | dict):
+        return value
+    root: list[Any] = [value]
+    stack: list[tuple[Any, Any]] = [(root, 0)]
+    while stack:
+        parent, key = stack.pop()
+        item = parent[key]
+        if isinstance(item, str):
+            cleaned = clean_text(item)
+            if cleaned is not item:
+                parent[key] = cleaned
+        elif isinstance(item, list):
+            copy = list(item)
+            parent[key] = copy
+            stack.extend((copy, index) for index in range(len(copy)))
+        elif isinstance(item, dict):
+            copy_dict = {clean_text(k) if isinstance(k, str) else k: v for k, v in item.items()}
+            parent[key] = copy_dict
+            stack.extend((copy_dict, k) for k in copy_dict)
+    return root[0]
 
 
 class FinalSignal(BaseException):
@@ -121,16 +183,39 @@ class OutputCapture:
         return text
 
 
-def _chars(value: Any, depth: int = 0) -> int:
-    if isinstance(value, str):
-        return len(value)
-    if depth > 20:
-        return 0
-    if isinstance(value, Mapping):
-        return sum(_chars(k, depth + 1) + _chars(v, depth + 1) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return sum(_chars(v, depth + 1) for v in value)
-    return len(str(value)) if isinstance(value, int | float) else 0
+def _chars(value: Any, limit: int) -> int:
+    """Characters in a JSON-like value at any nesting depth (iterative walk).
+
+    Stops counting once ``limit`` is passed (the caller refuses the call anyway) and
+    refuses values with more than :data:`MAX_SIZE_WALK_ITEMS` items (a cycle, a bomb).
+    """
+    total = 0
+    visited = 0
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        visited += 1
+        if visited > MAX_SIZE_WALK_ITEMS:
+            raise SubcallError(
+                f"the arguments hold more than {MAX_SIZE_WALK_ITEMS} items (or a cycle); "
+                "send smaller pieces"
+            )
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, bool) or item is None:
+            total += 4
+        elif isinstance(item, int):
+            total += item.bit_length() // 3 + 1
+        elif isinstance(item, float):
+            total += FLOAT_CHARS
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        if total > limit:
+            return total
+    return total
 
 
 def _batch_items(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[Any] | None:
@@ -153,7 +238,12 @@ class SubcallBudget:
     def charge(self, name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int:
         """Account for one host call; raise :class:`SubcallError` when it breaks a limit."""
         items = _batch_items(args, kwargs) if name.endswith("_batched") else None
-        sizes = [_chars(item) for item in items] if items is not None else [_chars([args, kwargs])]
+        limit = self.limits.max_subcall_chars
+        sizes = (
+            [_chars(item, limit) for item in items]
+            if items is not None
+            else [_chars([args, kwargs], limit)]
+        )
         count = len(sizes)
         maximum = self.limits.max_subcalls_per_cell
         if self.used + count > maximum:
@@ -244,7 +334,7 @@ class ReplCore:
         self._final: str | None = None
         self._cell_count = 0
         self.sources: dict[str, list[str]] = {}
-        self.builtins = make_safe_builtins(self._print)
+        self.builtins = make_safe_builtins(self._make_print())
         self.host_names = tuple(host_functions)
         self._injected: dict[str, Any] = {
             "FINAL": self._make_final(),
@@ -259,24 +349,33 @@ class ReplCore:
 
     # ----------------------------------------------------------------- REPL functions
 
-    def _print(self, *args: Any, sep: str | None = " ", end: str | None = "\n", **kw: Any) -> None:
-        file = kw.pop("file", None)
-        kw.pop("flush", None)
-        if kw:
-            raise TypeError(f"print() got an unexpected keyword argument {next(iter(kw))!r}")
-        if file is not None:
-            builtins.print(*args, sep=sep, end=end, file=file)
-            return
-        if sep is not None and not isinstance(sep, str):
-            raise TypeError(f"sep must be None or a string, not {type(sep).__name__}")
-        if end is not None and not isinstance(end, str):
-            raise TypeError(f"end must be None or a string, not {type(end).__name__}")
-        sep = " " if sep is None else sep
-        for index, arg in enumerate(args):
-            if index:
-                self._capture.write(sep)
-            self._capture.write(str(arg))
-        self._capture.write("\n" if end is None else end)
+    def _make_print(self) -> Callable[..., None]:
+        core = self
+
+        def print(
+            *args: Any, sep: Any = " ", end: Any = "\n", file: Any = None, flush: Any = False
+        ) -> None:
+            """Print into the cell's captured output (or into ``file.write``)."""
+            if sep is not None and not isinstance(sep, str):
+                raise TypeError(f"sep must be None or a string, not {type(sep).__name__}")
+            if end is not None and not isinstance(end, str):
+                raise TypeError(f"end must be None or a string, not {type(end).__name__}")
+            sep = " " if sep is None else sep
+            end = "\n" if end is None else end
+            if file is not None:
+                file.write(sep.join([str(arg) for arg in args]) + end)
+                return
+            capture = core._capture
+            for index, arg in enumerate(args):
+                if index:
+                    capture.write(sep)
+                capture.write(str(arg))
+            capture.write(end)
+
+        return expose(print)
+
+    def _print(self, *args: Any, **kwargs: Any) -> None:
+        self.builtins["print"](*args, **kwargs)
 
     def _record_final(self, text: str) -> None:
         if self._final is None:
@@ -289,51 +388,53 @@ class ReplCore:
         raise FinalSignal
 
     def _make_final(self) -> Callable[..., None]:
+        record = self._record_final
+
         def FINAL(answer: Any = "") -> None:
             """Finish the run with ``str(answer)``."""
-            self._record_final(str(answer))
+            record(str(answer))
 
-        return FINAL
+        return expose(FINAL)
 
     def _make_final_var(self) -> Callable[..., None]:
+        core = self
+
         def FINAL_VAR(name: Any) -> None:
             """Finish the run with ``str()`` of the variable called ``name``."""
             if not isinstance(name, str):
-                self._record_final(str(name))
+                core._record_final(str(name))
             key = name.strip()
-            if key not in self.namespace or key.startswith("__"):
-                available = ", ".join(self.variable_names()) or "(none)"
+            if key not in core.namespace or key.startswith("__"):
+                available = ", ".join(core.variable_names()) or "(none)"
                 raise NameError(
                     f"FINAL_VAR: no variable named {key!r}; available variables: {available}"
                 )
-            self._record_final(str(self.namespace[key]))
+            core._record_final(str(core.namespace[key]))
 
-        return FINAL_VAR
+        return expose(FINAL_VAR)
 
     def _make_show_vars(self) -> Callable[[], None]:
+        core = self
+        describe = _describe
+
         def SHOW_VARS() -> None:
             """Print the variables defined so far with their types and sizes."""
-            names = self.variable_names()
+            names = core.variable_names()
             if not names:
-                self._print("No variables defined yet.")
+                core._print("No variables defined yet.")
             for name in names:
-                self._print(f"{name}: {_describe(self.namespace[name])}")
+                core._print(f"{name}: {describe(core.namespace[name])}")
 
-        return SHOW_VARS
+        return expose(SHOW_VARS)
 
     def _make_stub(self, name: str) -> Callable[..., Any]:
         call_host = self._call_host
-        timer = self.timer
 
         def stub(*args: Any, **kwargs: Any) -> Any:
-            timer.pause()
-            try:
-                return call_host(name, args, kwargs)
-            finally:
-                timer.resume()
+            return call_host(name, args, kwargs)
 
         stub.__name__ = stub.__qualname__ = name
-        return stub
+        return expose(stub)
 
     # ----------------------------------------------------------------- namespace
 
@@ -386,12 +487,15 @@ class ReplCore:
         expr = compile(trailing, filename, "eval") if trailing is not None else None
         return body, expr
 
-    def run_cell(self, source: str) -> CellResult:
+    def run_cell(self, source: str, soft_timeout: float | None = None) -> CellResult:
         """Run one cell; never raises for model errors (see ``propagate``).
 
         The soft timer covers the cell *and* the formatting of its result or error, since
-        both can run model code (``__repr__``, ``__str__`` of an exception).
+        both can run model code (``__repr__``, ``__str__`` of an exception). It runs for
+        ``soft_timeout`` seconds when given (the caller's remaining budget), else for
+        ``limits.cell_timeout``.
         """
+        seconds = self.limits.cell_timeout if soft_timeout is None else soft_timeout
         self._reinject()
         self._capture = OutputCapture(self.limits.max_captured_output)
         self._final = None
@@ -401,7 +505,7 @@ class ReplCore:
         except (SyntaxError, PolicyError, ValueError, RecursionError, MemoryError) as exc:
             result.error = format_exception(exc, self.sources)
             return result
-        self.timer.start(self.limits.cell_timeout)
+        self.timer.start(seconds)
         try:
             try:
                 self._execute(body, expr)
@@ -415,7 +519,7 @@ class ReplCore:
                 result.error = self._describe_error(exc, result)
         except CellTimeout:
             result.error = (
-                f"TimeoutError: the cell ran longer than {self.limits.cell_timeout:g} s "
+                f"TimeoutError: the cell ran longer than {seconds:g} s "
                 "(time inside sub-calls not counted) and was stopped; variables are kept."
             )
             result.extra["limit"] = "cell_timeout"

@@ -1,8 +1,10 @@
 """Test doubles for langchain-rlm: a scripted OpenAI-compatible server and FAKE chat models.
 
 Nothing here is a real language model. :class:`ScriptedOpenAIServer` serves scripted
-replies over the real OpenAI HTTP protocol on 127.0.0.1; :class:`ScriptedChatModel` is an
-in-process fake ``BaseChatModel`` for unit tests.
+replies over the real OpenAI HTTP protocol on 127.0.0.1 (aiohttp's server: the ``testing``
+extra); :class:`ScriptedChatModel` is an in-process fake ``BaseChatModel`` for unit tests.
+This is the package's public testing toolkit, for this project's tests, benchmarks and examples
+and for users testing their own chains, like ``langchain_core``'s fake chat models.
 """
 
 from __future__ import annotations

@@ -5,8 +5,19 @@ speaks the real OpenAI wire protocol so tests can drive ``langchain_openai.ChatO
 (and the ``openai`` SDK) over real HTTP, including streaming (SSE), usage accounting,
 stop sequences, HTTP errors with retry headers, latency and hung requests.
 
-The server side is standard library only (``http.server.ThreadingHTTPServer``, one daemon
-thread per connection), so hundreds of concurrent requests are served in parallel.
+The HTTP side is aiohttp's web server (a maintained HTTP/1.1 implementation: keep-alive,
+chunked transfer, client-disconnect detection) running its own event loop in one background
+thread, bound to 127.0.0.1 only. Requests are served concurrently on that loop (latency and hung
+requests are asyncio waits, so hundreds of concurrent requests cost no threads); each responder
+runs in a short-lived daemon thread, so a responder may block (e.g. wait for an event) without
+holding up other requests. Install it with ``pip install 'langchain-rlm[testing]'``. aiohttp
+rather than uvicorn: its runner starts on a socket we bound (so :attr:`port` is known at once),
+cancels a handler whose client disconnected (a hung request ends when the client gives up), and
+shuts down without uvicorn's 0.1 s polling, which matters when every test starts a server.
+
+Where it lives: ``langchain_rlm.testing`` is the package's public testing toolkit (like
+``langchain_core``'s fake chat models): tests, benchmarks and examples of this project and of its
+users drive ``ChatOpenAI`` against it.
 
 Example::
 
@@ -18,20 +29,21 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import ipaddress
 import itertools
 import json
 import re
-import select
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
+    from aiohttp import web
     from langchain_openai import ChatOpenAI
 
 __all__ = [
@@ -57,9 +69,15 @@ DEFAULT_API_KEY = "test"
 DEFAULT_CLIENT_TIMEOUT = 30.0
 CHARS_PER_TOKEN = 4
 REQUEST_QUEUE_SIZE = 1024
-SERVE_POLL_INTERVAL = 0.05
-HANG_POLL_INTERVAL = 0.05
+"""Listen backlog: a 256-wide fan-out connects all at once."""
+MAX_REQUEST_BYTES = 1 << 30
+"""Largest request body accepted (aiohttp's default is 1 MiB; prompts can be larger)."""
+STARTUP_TIMEOUT = 30.0
 THREAD_JOIN_TIMEOUT = 5.0
+SHUTDOWN_TIMEOUT = 2.0
+"""How long close() lets in-flight handlers finish before cancelling them."""
+TESTING_EXTRA_HINT = "pip install 'langchain-rlm[testing]'"
+IPV4 = 4
 STREAM_CHUNK_CHARS = 16
 DEFAULT_FAULT_RETRY_AFTER = 0.01
 CREATED_TIMESTAMP = 1_700_000_000
@@ -408,121 +426,6 @@ def rules_responder(
     return respond
 
 
-# --------------------------------------------------------------------------- HTTP layer
-
-
-class _HTTPServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer that tracks live connections so ``close()`` can end them."""
-
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-    request_queue_size = REQUEST_QUEUE_SIZE
-
-    def __init__(self, address: tuple[str, int], owner: ScriptedOpenAIServer) -> None:
-        self.owner = owner
-        self._live_lock = threading.Lock()
-        self._live: dict[threading.Thread, socket.socket] = {}
-        super().__init__(address, _Handler)
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        with self._live_lock:
-            self._live[threading.current_thread()] = request
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            with self._live_lock:
-                self._live.pop(threading.current_thread(), None)
-
-    def close_connections(self, timeout: float) -> None:
-        """Shut down every live connection and wait for its thread to finish."""
-        with self._live_lock:
-            live = list(self._live.items())
-        for _, sock in live:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        deadline = time.monotonic() + timeout
-        for thread, _ in live:
-            thread.join(max(0.0, deadline - time.monotonic()))
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """Routes requests to the owning :class:`ScriptedOpenAIServer`."""
-
-    protocol_version = "HTTP/1.1"
-    server_version = "ScriptedOpenAI/1.0"
-    server: _HTTPServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silence the default stderr access log."""
-
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0].rstrip("/")
-        if path in MODELS_PATHS:
-            self.send_json(200, self.server.owner.models_payload())
-        else:
-            self.send_json(404, _error_body(404, f"Unknown path {path}", code="not_found"))
-
-    def do_POST(self) -> None:
-        path = self.path.split("?", 1)[0].rstrip("/")
-        if path in CHAT_COMPLETIONS_PATHS:
-            self.server.owner.handle_chat(self)
-        else:
-            self.read_body()
-            self.send_json(404, _error_body(404, f"Unknown path {path}", code="not_found"))
-
-    def read_body(self) -> bytes:
-        """Read the request body (``Content-Length`` framed)."""
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
-
-    def send_json(
-        self, status: int, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None
-    ) -> None:
-        """Send a complete JSON response."""
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers_for_owner()
-        self.wfile.write(body)
-
-    def start_sse(self) -> None:
-        """Start a chunked ``text/event-stream`` response."""
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers_for_owner()
-
-    def end_headers_for_owner(self) -> None:
-        """End the headers, adding ``Connection: close`` when the owner disables keep-alive."""
-        if not self.server.owner.keep_alive:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-
-    def send_sse(self, data: str) -> None:
-        """Send one SSE ``data:`` event as one HTTP chunk."""
-        payload = f"data: {data}\n\n".encode()
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(payload), payload))
-
-    def end_sse(self) -> None:
-        """Send ``[DONE]`` and the terminating zero-length chunk."""
-        self.send_sse("[DONE]")
-        self.wfile.write(b"0\r\n\r\n")
-
-    def peer_closed(self) -> bool:
-        """True once the client has closed its end of the connection."""
-        try:
-            readable, _, _ = select.select([self.connection], [], [], 0)
-            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
-        except (OSError, ValueError):
-            return True
-
-
 # --------------------------------------------------------------------------- the server
 
 
@@ -535,6 +438,8 @@ class ScriptedOpenAIServer:
     ``faults`` (and the ``fail_first_n`` shortcut) inject errors before the responder runs.
     Every chat request is recorded in :attr:`requests`; :attr:`peak_in_flight` is the
     highest number of chat requests being served at the same time.
+
+    Only loopback addresses can be bound (``host`` defaults to ``127.0.0.1``).
 
     By default every response carries ``Connection: close``: with hundreds of concurrent
     calls, idle keep-alive connections make the *client's* httpx pool re-probe each of them
@@ -572,6 +477,7 @@ class ScriptedOpenAIServer:
             reply = Reply.rate_limited() if fail_status == 429 else Reply.server_error(fail_status)
             self._faults.append(Fault(reply=reply, model=fail_model, first_n=fail_first_n))
         self._models = list(models or [k for k in self._responders if k != FALLBACK_MODEL_KEY])
+        _require_loopback(host)
         self._address = (host, port)
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -581,8 +487,11 @@ class ScriptedOpenAIServer:
         self._per_model: dict[str, int] = {}
         self._in_flight = 0
         self._peak_in_flight = 0
-        self._httpd: _HTTPServer | None = None
+        self._port: int | None = None
         self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._closing_async: asyncio.Event | None = None
 
     # ------------------------------------------------------------------ constructors
 
@@ -615,32 +524,85 @@ class ScriptedOpenAIServer:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> ScriptedOpenAIServer:
-        """Bind (port 0 = a free port) and serve in a background daemon thread."""
-        if self._httpd is not None:
+        """Bind (port 0 = a free port) and serve from a background thread's event loop."""
+        if self._thread is not None:
             raise RuntimeError("ScriptedOpenAIServer is already started")
+        _import_web()  # fail here, in the caller's thread, when aiohttp is missing
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(self._address)
+            sock.listen(REQUEST_QUEUE_SIZE)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
         self._closing.clear()
-        self._httpd = _HTTPServer(self._address, self)
+        self._port = int(sock.getsockname()[1])
+        ready = threading.Event()
+        failures: list[BaseException] = []
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": SERVE_POLL_INTERVAL},
-            name=f"ScriptedOpenAIServer:{self.port}",
+            target=self._run,
+            args=(sock, ready, failures),
+            name=f"ScriptedOpenAIServer:{self._port}",
             daemon=True,
         )
         self._thread.start()
+        if not ready.wait(STARTUP_TIMEOUT) or failures:
+            self.close()
+            raise RuntimeError("ScriptedOpenAIServer did not start") from (
+                failures[0] if failures else None
+            )
         return self
 
     def close(self) -> None:
-        """Stop serving, end hanging/sleeping requests and live connections, join threads."""
-        httpd, self._httpd = self._httpd, None
-        if httpd is None:
+        """Stop serving, end hanging/sleeping requests and live connections, join the thread."""
+        thread, self._thread = self._thread, None
+        if thread is None:
             return
         self._closing.set()
-        httpd.shutdown()
-        httpd.close_connections(THREAD_JOIN_TIMEOUT)
-        httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(THREAD_JOIN_TIMEOUT)
-            self._thread = None
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already ended
+                loop.call_soon_threadsafe(stop.set)
+        thread.join(THREAD_JOIN_TIMEOUT)
+        self._port = None
+
+    def _run(
+        self, sock: socket.socket, ready: threading.Event, failures: list[BaseException]
+    ) -> None:
+        """The server thread: one event loop serving until :meth:`close`."""
+        try:
+            asyncio.run(self._serve(sock, ready))
+        except BaseException as exc:  # reported to start(), or lost after close()
+            failures.append(exc)
+        finally:
+            sock.close()
+            ready.set()
+
+    async def _serve(self, sock: socket.socket, ready: threading.Event) -> None:
+        web_module = _import_web()
+        app = web_module.Application(client_max_size=MAX_REQUEST_BYTES)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        runner = web_module.AppRunner(
+            app,
+            handle_signals=False,
+            access_log=None,
+            handler_cancellation=True,  # a client that disconnects cancels its handler
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+        )
+        await runner.setup()
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._closing_async = asyncio.Event()
+        try:
+            await web_module.SockSite(runner, sock).start()
+            ready.set()
+            await self._stop.wait()
+            self._closing_async.set()  # wakes sleeping and hanging requests: they drop
+            await asyncio.sleep(0)
+        finally:
+            await runner.cleanup()
 
     def __enter__(self) -> ScriptedOpenAIServer:
         return self.start()
@@ -653,9 +615,9 @@ class ScriptedOpenAIServer:
     @property
     def port(self) -> int:
         """The bound port (only valid once started)."""
-        if self._httpd is None:
+        if self._port is None:
             raise RuntimeError("ScriptedOpenAIServer is not started")
-        return int(self._httpd.server_address[1])
+        return self._port
 
     @property
     def url(self) -> str:
@@ -743,13 +705,40 @@ class ScriptedOpenAIServer:
 
     # ------------------------------------------------------------------ request handling
 
-    def handle_chat(self, handler: _Handler) -> None:
-        """Serve one ``POST /v1/chat/completions`` (called on the connection's thread)."""
+    # ------------------------------------------------------------------ request handling
+
+    async def _dispatch(self, http: web.Request) -> web.StreamResponse:
+        """Route one HTTP request (the app's only handler)."""
+        path = http.path.rstrip("/")
+        if http.method == "GET" and path in MODELS_PATHS:
+            return self._json(200, self.models_payload())
+        if http.method == "POST" and path in CHAT_COMPLETIONS_PATHS:
+            return await self._handle_chat(http)
+        await http.read()
+        return self._json(404, _error_body(404, f"Unknown path {path}", code="not_found"))
+
+    def _json(
+        self, status: int, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None
+    ) -> web.StreamResponse:
+        web_module = _import_web()
+        response = web_module.Response(
+            status=status,
+            body=json.dumps(payload).encode(),
+            content_type="application/json",
+            headers=dict(headers or {}),
+        )
+        self._apply_keep_alive(response)
+        return response
+
+    def _apply_keep_alive(self, response: web.StreamResponse) -> None:
+        if not self.keep_alive:
+            response.force_close()  # sends ``Connection: close``
+
+    async def _handle_chat(self, http: web.Request) -> web.StreamResponse:
+        """Serve one ``POST /v1/chat/completions``; counted in :attr:`in_flight` throughout."""
         self._enter()
         try:
-            self._serve_chat(handler)
-        except (BrokenPipeError, ConnectionResetError):
-            handler.close_connection = True
+            return await self._serve_chat(http)
         finally:
             self._leave()
 
@@ -762,24 +751,41 @@ class ScriptedOpenAIServer:
         with self._lock:
             self._in_flight -= 1
 
-    def _serve_chat(self, handler: _Handler) -> None:
+    async def _serve_chat(self, http: web.Request) -> web.StreamResponse:
         try:
-            raw = json.loads(handler.read_body() or b"null")
+            raw = json.loads(await http.read() or b"null")
             if not isinstance(raw, dict) or not isinstance(raw.get("messages"), list):
                 raise ValueError("body must be a JSON object with a 'messages' list")
         except ValueError as exc:
-            handler.send_json(400, _error_body(400, f"Invalid request body: {exc}"))
-            return
-        request = self._record_request(raw, dict(handler.headers.items()))
-        reply = self._reply_for(request)
-        if not self._wait(handler, self.latency + reply.latency):
-            return
+            return self._json(400, _error_body(400, f"Invalid request body: {exc}"))
+        request = self._record_request(raw, dict(http.headers.items()))
+        reply = await self._reply_for(request)
+        if not await self._wait(self.latency + reply.latency):
+            return self._drop(http)
         if reply.hang:
-            self._hang(handler)
-        elif reply.is_error:
-            self._send_error(handler, request, reply)
-        else:
-            self._send_completion(handler, request, reply)
+            await self._closing_event().wait()  # ends early when the client disconnects
+            return self._drop(http)
+        if reply.is_error:
+            return self._send_error(request, reply)
+        return await self._send_completion(http, request, reply)
+
+    def _closing_event(self) -> asyncio.Event:
+        assert self._closing_async is not None
+        return self._closing_async
+
+    async def _wait(self, seconds: float) -> bool:
+        """Sleep ``seconds`` (cut short by ``close()``); False if the server is closing."""
+        closing = self._closing_event()
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(closing.wait(), seconds)
+        return not closing.is_set()
+
+    def _drop(self, http: web.Request) -> web.StreamResponse:
+        """Close the connection without an answer (the server is closing)."""
+        if http.transport is not None:
+            http.transport.close()
+        return self._json(503, _error_body(503, "The scripted server is closing."))
 
     def _record_request(self, raw: dict[str, Any], headers: dict[str, str]) -> ChatRequest:
         model = str(raw.get("model") or "")
@@ -808,7 +814,7 @@ class ScriptedOpenAIServer:
             self._requests.append(request)
         return request
 
-    def _reply_for(self, request: ChatRequest) -> Reply:
+    async def _reply_for(self, request: ChatRequest) -> Reply:
         for fault in self._faults:
             if (injected := fault.take(request)) is not None:
                 return injected
@@ -817,33 +823,21 @@ class ScriptedOpenAIServer:
             message = f"The model `{request.model}` does not exist (scripted server)."
             return Reply.error(404, message, code="model_not_found")
         try:
-            result = responder(request)
+            result = await _in_daemon_thread(responder, request)
         except Exception as exc:
             with self._lock:
                 self._errors.append(exc)
             return Reply.error(500, f"{type(exc).__name__}: {exc}", retry_after=None)
         return Reply(content=result) if isinstance(result, str) else result
 
-    def _wait(self, handler: _Handler, seconds: float) -> bool:
-        """Sleep ``seconds`` (interrupted by ``close()``); False if the server is closing."""
-        if seconds > 0 and self._closing.wait(seconds):
-            handler.close_connection = True
-            return False
-        return not self._closing.is_set()
-
-    def _hang(self, handler: _Handler) -> None:
-        """Never answer: wait until the client disconnects or the server closes."""
-        while not self._closing.wait(HANG_POLL_INTERVAL):
-            if handler.peer_closed():
-                break
-        handler.close_connection = True
-
-    def _send_error(self, handler: _Handler, request: ChatRequest, reply: Reply) -> None:
+    def _send_error(self, request: ChatRequest, reply: Reply) -> web.StreamResponse:
         body = reply.error_body or _error_body(reply.status, f"Scripted error {reply.status}")
-        handler.send_json(reply.status, body, reply.headers)
         self._record_response(RecordedResponse(request.index, request.model, reply.status))
+        return self._json(reply.status, body, reply.headers)
 
-    def _send_completion(self, handler: _Handler, request: ChatRequest, reply: Reply) -> None:
+    async def _send_completion(
+        self, http: web.Request, request: ChatRequest, reply: Reply
+    ) -> web.StreamResponse:
         content, finish_reason = self._final_content(request, reply)
         prompt_tokens = (
             reply.prompt_tokens
@@ -862,13 +856,14 @@ class ScriptedOpenAIServer:
         }
         completion_id = f"chatcmpl-scripted-{request.index}"
         if request.stream:
-            self._stream(handler, request, completion_id, content, finish_reason, usage)
-        else:
-            handler.send_json(
-                200,
-                _completion_payload(request.model, completion_id, content, finish_reason, usage),
-                reply.headers,
+            response = await self._stream(
+                http, request, completion_id, content, finish_reason, usage
             )
+        else:
+            payload = _completion_payload(
+                request.model, completion_id, content, finish_reason, usage
+            )
+            response = self._json(200, payload, reply.headers)
         recorded = RecordedResponse(
             request.index,
             request.model,
@@ -880,6 +875,7 @@ class ScriptedOpenAIServer:
             request.stream,
         )
         self._record_response(recorded)
+        return response
 
     def _final_content(self, request: ChatRequest, reply: Reply) -> tuple[str, str]:
         """Apply stop sequences (and optionally ``max_tokens``); pick the finish reason."""
@@ -892,32 +888,101 @@ class ScriptedOpenAIServer:
         default_reason = "length" if truncated and not stopped else "stop"
         return content, reply.finish_reason or default_reason
 
-    def _stream(
+    async def _stream(
         self,
-        handler: _Handler,
+        http: web.Request,
         request: ChatRequest,
         completion_id: str,
         content: str,
         finish_reason: str,
         usage: dict[str, int],
-    ) -> None:
+    ) -> web.StreamResponse:
+        """Send the reply as server-sent events (chunked), ending with ``[DONE]``."""
+
         def chunk(delta: dict[str, Any], reason: str | None) -> str:
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
             return json.dumps(_chunk_payload(request.model, completion_id, [choice]))
 
-        handler.start_sse()
-        handler.send_sse(chunk({"role": "assistant", "content": "", "refusal": None}, None))
-        for start in range(0, len(content), STREAM_CHUNK_CHARS):
-            handler.send_sse(chunk({"content": content[start : start + STREAM_CHUNK_CHARS]}, None))
-        handler.send_sse(chunk({}, finish_reason))
+        events = [chunk({"role": "assistant", "content": "", "refusal": None}, None)]
+        events += [
+            chunk({"content": content[start : start + STREAM_CHUNK_CHARS]}, None)
+            for start in range(0, len(content), STREAM_CHUNK_CHARS)
+        ]
+        events.append(chunk({}, finish_reason))
         if request.include_usage:
             payload = _chunk_payload(request.model, completion_id, [])
-            handler.send_sse(json.dumps({**payload, "usage": usage}))
-        handler.end_sse()
+            events.append(json.dumps({**payload, "usage": usage}))
+        events.append("[DONE]")
+        response = _import_web().StreamResponse(
+            status=200,
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+            },
+        )
+        response.enable_chunked_encoding()
+        self._apply_keep_alive(response)
+        await response.prepare(http)
+        for event in events:  # one SSE event per HTTP chunk, as a real server streams
+            await response.write(f"data: {event}\n\n".encode())
+        await response.write_eof()
+        return response
 
     def _record_response(self, response: RecordedResponse) -> None:
         with self._lock:
             self._responses.append(response)
+
+
+def _require_loopback(host: str) -> None:
+    """Refuse to bind anything but IPv4 loopback: this is a test double, never a service."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        loopback = host == "localhost"
+    else:
+        loopback = address.version == IPV4 and address.is_loopback
+    if not loopback:
+        raise ValueError(
+            f"ScriptedOpenAIServer binds loopback only, not {host!r}: use host='127.0.0.1'"
+        )
+
+
+def _import_web() -> Any:
+    """``aiohttp.web``, imported on first use (the ``testing`` extra)."""
+    try:
+        from aiohttp import web as web_module
+    except ImportError as exc:  # pragma: no cover - the extra is missing
+        raise ImportError(f"ScriptedOpenAIServer needs aiohttp: {TESTING_EXTRA_HINT}") from exc
+    return web_module
+
+
+async def _in_daemon_thread(responder: Responder, request: ChatRequest) -> str | Reply:
+    """Run ``responder(request)`` in a fresh daemon thread and await its result.
+
+    A responder may block (wait for an event, sleep) without holding up other requests; a
+    daemon thread never keeps the interpreter alive or shows up as a leak after close().
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[str | Reply] = loop.create_future()
+
+    def settle(result: str | Reply | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, error = responder(request), None
+        except BaseException as exc:  # handed to the awaiting handler
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop is gone: the server was closed
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="scripted-responder", daemon=True).start()
+    return await future
 
 
 def _completion_payload(

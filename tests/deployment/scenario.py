@@ -17,15 +17,21 @@ code that reads ``combined`` and ``parts``, variables defined only by turn 1's c
 The root responder picks its reply from the number of assistant messages after the last
 query, so it gives the same reply again when a resumed run repeats a root call. The
 sub-model answers ``S-<sha256(prompt)[:12]>``, so the final answer depends on the context.
+
+:class:`KillSwitch` kills a client process from inside the server when that process sends
+a chosen request (resume and fault-injection tests).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import signal
 import sqlite3
 import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -90,15 +96,19 @@ def _turn_of(text: str) -> int:
     return 0
 
 
-def root_reply(
-    request: ChatRequest, *, slow_iteration: int | None = None, latency: float = 0.0
-) -> Reply:
-    """The scripted root model: the cell of the current (turn, iteration)."""
+def root_reply(request: ChatRequest, *, print_chars: int = 0) -> Reply:
+    """The scripted root model: the cell of the current (turn, iteration).
+
+    ``print_chars`` > 0 makes every cell but the last also print that many characters
+    (the checkpoint-size benchmark's "printed output per cell").
+    """
     turn, iteration = _turn_and_iteration(request)
     cells = TURN1_CELLS if turn == 1 else TURN2_CELLS
-    content = repl(cells[min(iteration, len(cells)) - 1])
-    slow = turn == 1 and iteration == slow_iteration
-    return Reply(content=content, latency=latency if slow else 0.0)
+    index = min(iteration, len(cells)) - 1
+    code = cells[index]
+    if print_chars and index < len(cells) - 1:
+        code += f"\nprint('#' * {print_chars})"
+    return Reply(content=repl(code))
 
 
 def sub_reply(request: ChatRequest) -> str:
@@ -107,30 +117,95 @@ def sub_reply(request: ChatRequest) -> str:
     return f"{SUB_REPLY_PREFIX}{digest}"
 
 
+RequestHook = Callable[[ChatRequest], Reply | None]
+"""Runs first for every request; a Reply it returns replaces the scripted one."""
+
+
 def scripted_server(
-    *, slow_iteration: int | None = None, root_latency: float = 0.0, sub_latency: float = 0.0
+    *, on_request: RequestHook | None = None, print_chars: int = 0
 ) -> ScriptedOpenAIServer:
     """A (not started) ScriptedOpenAIServer serving the scenario's root and sub-model.
 
-    ``slow_iteration`` delays turn 1's root call of that iteration by ``root_latency``
-    seconds, the first time only (a window in which a test kills the process);
-    ``sub_latency`` delays every sub-call.
+    ``on_request`` (e.g. a :class:`KillSwitch`) sees every request before it is answered;
+    ``print_chars`` is passed to :func:`root_reply`.
     """
-    slowed: list[int] = []
-    lock = threading.Lock()
 
     def root(request: ChatRequest) -> Reply:
-        with lock:
-            slow = slow_iteration if not slowed else None
-            reply = root_reply(request, slow_iteration=slow, latency=root_latency)
-            if reply.latency:
-                slowed.append(request.index)
-        return reply
+        hooked = on_request(request) if on_request is not None else None
+        return hooked or root_reply(request, print_chars=print_chars)
 
     def sub(request: ChatRequest) -> Reply:
-        return Reply(content=sub_reply(request), latency=sub_latency)
+        hooked = on_request(request) if on_request is not None else None
+        return hooked or Reply(content=sub_reply(request))
 
     return ScriptedOpenAIServer({ROOT_MODEL: root, SUB_MODEL: sub})
+
+
+KILL_WAIT_SECONDS = 120.0
+"""How long a kill switch waits for the test to name the process to kill."""
+
+
+class KillSwitch:
+    """SIGKILLs a client process from inside the server, when it sends a chosen request.
+
+    A request hook for :func:`scripted_server`. :meth:`arm` picks the ``at``-th request
+    (1-based, counted from the arming, among requests ``matching`` a predicate) and the
+    process to kill. When that request arrives, the switch kills the process while the
+    process waits for the reply, and never answers the request (it hangs until the dead
+    client's socket closes). So the kill happens at a point the process itself signals,
+    never after a sleep, and exactly one request is in flight.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._target: int | None = None
+        self._target_set = threading.Event()
+        self._at = 0
+        self._seen = 0
+        self._matching: Callable[[ChatRequest], bool] | None = None
+        self.fired = threading.Event()
+        self.killed_request: ChatRequest | None = None
+
+    def arm(self, at: int, *, matching: Callable[[ChatRequest], bool] | None = None) -> None:
+        """Kill at the ``at``-th (matching) request from now on; :meth:`target` names whom."""
+        with self._lock:
+            self._at, self._seen, self._matching = at, 0, matching
+            self._target = None
+            self._target_set.clear()
+            self.fired.clear()
+            self.killed_request = None
+
+    def target(self, pid: int) -> None:
+        """The process to kill (set it right after starting the process)."""
+        with self._lock:
+            self._target = pid
+        self._target_set.set()
+
+    def disarm(self) -> None:
+        with self._lock:
+            self._at = 0
+
+    def __call__(self, request: ChatRequest) -> Reply | None:
+        with self._lock:
+            if not self._at or (self._matching is not None and not self._matching(request)):
+                return None
+            self._seen += 1
+            if self._seen != self._at:
+                return None
+            self._at = 0
+        if not self._target_set.wait(KILL_WAIT_SECONDS):
+            raise RuntimeError("KillSwitch: no process to kill was named")
+        assert self._target is not None
+        self.killed_request = request
+        os.kill(self._target, signal.SIGKILL)
+        self.fired.set()
+        return Reply.hanging()
+
+
+def request_key(request: ChatRequest) -> str:
+    """What determines a request: the model and every message (role and content)."""
+    messages = [[m.role, m.content] for m in request.messages]
+    return json.dumps([request.model, messages])
 
 
 def expected_turn1_answer(context: str) -> str:

@@ -108,7 +108,10 @@ def test_llama_index_llms_as_root_and_sub_model_of_the_engine(index, scripted_ll
 
 def test_mock_llm_as_root_model_runs_end_to_end(corpus) -> None:
     """MockLLM echoes its prompt, so it "writes" the system prompt's example cell
-    (``print(len(context))`` / ``print(context[:500])``) and its prose ``FINAL(answer)``."""
+    (``print(len(context))`` / ``print(context[:500])``) and its prose ``FINAL(answer)``.
+
+    ``answer`` is a variable name that is never defined: it is refused every turn (an
+    answer is never made up from a name), and the run ends with the REPL's output."""
     engine = RLMQueryEngine.from_documents(corpus[:20], MockLLM(), max_iterations=2)
 
     response = engine.query("anything?")
@@ -116,7 +119,9 @@ def test_mock_llm_as_root_model_runs_end_to_end(corpus) -> None:
     run = response.metadata["rlm"]
     assert run["repl_history"][0]["code"] == "print(len(context))\nprint(context[:500])"
     assert run["repl_history"][0]["stdout"].startswith("20\n[{'id': 'doc-0000'")
-    assert (run["finished_reason"], response.response) == ("final", "answer")
+    assert run["finished_reason"] == "max_iterations"
+    assert response.response != "answer"
+    assert response.response.startswith("20\n[{'id': 'doc-0000'")
     # the 500 printed characters hold the first documents whole: they are the sources
     assert [n.node.node_id for n in response.source_nodes][:2] == ["doc-0000", "doc-0001"]
 

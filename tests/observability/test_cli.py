@@ -9,7 +9,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ import pytest
 from langchain_rlm import cli
 from langchain_rlm.cli import ProgressDisplay, load_context, main
 from langchain_rlm.events import CodeEvent, SubCallEndEvent, SubCallStartEvent
+from langchain_rlm.testing import ScriptedChatModel
 from langchain_rlm.testing.openai_server import ScriptedOpenAIServer, replies_responder
 from langchain_rlm.trajectory import read_trajectory
 
@@ -218,21 +219,86 @@ def test_env_defaults_pick_openai_model(
     assert {r.model for r in server.requests} == {"root", "sub"}
 
 
+def _fake_local_models(monkeypatch: pytest.MonkeyPatch, make: Callable[[], tuple]) -> list[str]:
+    """Replace the embedded models with FAKE ones from ``make``; returns the names asked for."""
+    import langchain_rlm.local.defaults as local_defaults
+
+    names: list[str] = []
+
+    def fake_local_models(name: str) -> tuple:
+        names.append(name)
+        return make()
+
+    monkeypatch.setattr(local_defaults, "local_chat_models", fake_local_models)
+    return names
+
+
 def test_no_key_uses_the_local_model(
     server: ScriptedOpenAIServer,
     notes: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import langchain_rlm.local_model as local_model
-
-    def fake_local_models() -> tuple:  # FAKE stand-in for the embedded model's server
-        return server.chat_model("root"), server.chat_model("sub")
-
-    monkeypatch.setattr(local_model, "default_chat_models", fake_local_models)
+    names = _fake_local_models(
+        monkeypatch, lambda: (server.chat_model("root"), server.chat_model("sub"))
+    )
     assert main(["ask", "What fruits?", "-c", str(notes)]) == 0
     out, err = capsys.readouterr()
     assert out == "the answer is S-one\n" and "embedded local model" in err
+    assert names == ["qwen2.5-coder-0.5b"]
+
+
+def test_model_strings_pick_an_embedded_model_by_name(
+    server: ScriptedOpenAIServer,
+    notes: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def fresh_root() -> tuple:  # a fresh scripted root per call
+        root = ScriptedChatModel(replies=ROOT_SCRIPT, model="local-root")
+        return root, root
+
+    names = _fake_local_models(monkeypatch, fresh_root)
+    sub = ["--sub-model", "openai:sub", "--base-url", server.base_url, "--api-key", "test"]
+    argv = ["ask", "q", "-c", str(notes), "-q", "--model", "local:qwen2.5-coder-1.5b", *sub]
+    assert main(argv) == 0
+    assert capsys.readouterr().out == "the answer is S-one\n"
+    monkeypatch.setenv("RLM_MODEL", "local:qwen2.5-coder-1.5b")
+    assert main(["ask", "q", "-c", str(notes), "-q", *sub]) == 0
+    assert capsys.readouterr().out == "the answer is S-one\n"
+    assert names == ["qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b"]
+
+
+def test_rlm_model_old_bare_form_is_refused_with_the_new_one(
+    notes: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """RLM() used to read a bare OpenAI name while the CLI read provider:model."""
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    monkeypatch.setenv("RLM_MODEL", "gpt-4o-mini")
+    assert main(["ask", "q", "-c", str(notes), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "RLM_MODEL='gpt-4o-mini' is not 'provider:model'; set RLM_MODEL='openai:gpt-4o-mini'" in err
+    )
+    assert "Traceback" not in err
+    monkeypatch.setenv("RLM_MODEL", "openai:gpt-4o-mini")
+    monkeypatch.setenv("RLM_SUB_MODEL", "gpt-4o")
+    assert main(["ask", "q", "-c", str(notes), "-q"]) == 2
+    assert "set RLM_SUB_MODEL='openai:gpt-4o'" in capsys.readouterr().err
+
+
+def test_rlm_model_is_honoured_without_openai_api_key(
+    server: ScriptedOpenAIServer,
+    notes: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("RLM_MODEL", "openai:root")
+    monkeypatch.setenv("RLM_SUB_MODEL", "openai:sub")
+    argv = ["ask", "q", "-c", str(notes), "-q", "--base-url", server.base_url, "--api-key", "t"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out == "the answer is S-one\n"
+    assert {r.model for r in server.requests} == {"root", "sub"}
 
 
 @pytest.mark.parametrize(
@@ -271,16 +337,20 @@ def test_binary_file_and_broken_local_model(
     binary.write_bytes(b"\x00\x01\x02")
     assert main(["ask", "q", "-c", str(binary), "--model", "openai:x", "--api-key", "k"]) == 2
     assert "is binary" in capsys.readouterr().err
-    import langchain_rlm.local_model as local_model
+    import langchain_rlm.local.defaults as local_defaults
+    from langchain_rlm.local import LocalModelError
 
-    def broken() -> tuple:
-        raise local_model.LocalModelError("llama-cpp-python is not installed")
+    def broken(name: str) -> tuple:  # FAKE: the server cannot start
+        raise LocalModelError("llama-cpp-python is not installed")
 
-    monkeypatch.setattr(local_model, "default_chat_models", broken)
+    monkeypatch.setattr(local_defaults, "local_chat_models", broken)
     assert main(["ask", "q", "-c", str(notes), "-q"]) == 2
     err = capsys.readouterr().err
     assert "llama-cpp-python is not installed" in err and "OPENAI_API_KEY" in err
+    assert "rlm local fetch --model qwen2.5-coder-0.5b" in err
     assert "Traceback" not in err
+    assert main(["ask", "q", "-c", str(notes), "-q", "--model", "local:nope"]) == 2
+    assert "unknown local model 'nope'" in capsys.readouterr().err
 
 
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:

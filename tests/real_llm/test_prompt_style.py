@@ -15,21 +15,33 @@ FIRST_PROMPT_LIMIT = 8_000
 
 def test_small_style_sends_the_worked_example_and_stays_small() -> None:
     root = ScriptedChatModel(replies=["FINAL(done)"], model="root")  # FAKE model
-    result = RLM(root, sandbox="local", prompt_style="small").invoke(
+    result = RLM(root, sandbox="local-trusted", prompt_style="small").invoke(
         {"query": "What is in here?", "context": "x" * 5_000_000}
     )
     messages = root.calls[0].messages
     system, first_user = message_text(messages[0]), message_text(messages[1])
     assert result.answer == "done"
-    assert "Which city hosted the chess final?" in system
-    assert "FINAL(len(hits))" in system
-    assert "How many ...?" in system
+    assert "Which city hosted the chess final?" in system  # a text context: the fact example
+    assert "llm_query_batched([" in system  # and the map-reduce one
+    assert "FINAL(len(hits))" not in system  # no counting example to copy on a text
     assert len(system) + len(first_user) < FIRST_PROMPT_LIMIT
+
+
+def test_small_style_picks_the_records_example_for_a_record_list() -> None:
+    root = ScriptedChatModel(replies=["FINAL(done)"], model="root")  # FAKE model
+    records = [{"id": str(i), "text": "t", "metadata": {"year": 2000 + i}} for i in range(50)]
+    RLM(root, sandbox="local-trusted", prompt_style="small").invoke(
+        {"query": "q?", "context": records}
+    )
+    system, first_user = (message_text(m) for m in root.calls[0].messages[:2])
+    assert 'rows = context\nsel = [r for r in rows if r["metadata"]' in system
+    assert "Which city hosted the chess final?" not in system
+    assert "(no .splitlines())" in first_user
 
 
 def test_default_style_has_no_worked_example() -> None:
     root = ScriptedChatModel(replies=["FINAL(done)"], model="root")  # FAKE model
-    RLM(root, sandbox="local").invoke({"query": "q?", "context": "abc"})
+    RLM(root, sandbox="local-trusted").invoke({"query": "q?", "context": "abc"})
     assert "Which city hosted the chess final?" not in message_text(root.calls[0].messages[0])
 
 
@@ -39,14 +51,14 @@ def test_unknown_prompt_style_is_rejected_with_the_choices() -> None:
 
 
 def test_small_prompt_template_formats_without_leftover_fields() -> None:
-    assert "{" not in SYSTEM_PROMPT_SMALL.replace("{context_type}", "").replace(
-        "{max_output_chars}", ""
-    ).replace("{sub_prompt_chars}", "").replace("{modules}", "").replace("{tools}", "").replace(
-        "{max_iterations}", ""
-    )
+    fields = ("context_type", "max_output_chars", "sub_prompt_chars", "modules", "tools")
+    text = SYSTEM_PROMPT_SMALL
+    for name in (*fields, "max_iterations", "examples"):
+        text = text.replace("{" + name + "}", "")
+    assert "{" not in text
 
 
 def test_repl_output_message_ends_with_the_next_step_hint() -> None:
     message = repl_output_message(["1 matches"], limit=100, iteration=1, max_iterations=4)
-    assert message.rstrip().endswith("otherwise write new code in a ```repl block.")
+    assert message.rstrip().endswith("uses your variables to go one step further.")
     assert message.startswith("[3 of 4 turns left]")

@@ -132,14 +132,18 @@ def test_unknown_model_has_no_cost() -> None:
     assert result.total_cost == 0.0
 
 
-def test_timeout_stops_new_sub_calls() -> None:
+def test_timeout_stops_new_sub_calls_and_cuts_the_one_in_flight() -> None:
+    """200 sequential sub-calls of 50 ms cannot fit in 1 s. How many start depends on the
+    machine's speed, so the checks hold for any number, including none."""
     root = ScriptedChatModel(replies=[SEQUENTIAL_CODE], model="root")
     sub = ScriptedChatModel(responder=lambda m: "r", model="sub", latency=FAST_LATENCY)
-    result = RLM(root, sub, timeout=0.5).invoke({"query": "q", "context": "c"})
+    result = RLM(root, sub, timeout=1.0).invoke({"query": "q", "context": "c"})
     assert result.finished_reason == "timeout"
-    assert "timeout of 0.5 s is reached" in result.repl_history[0].stdout
-    assert 0 < sub.call_count < 200
-    assert result.answer == f"{sub.call_count} answers"
+    assert "timeout of 1 s is reached" in result.repl_history[0].stdout
+    assert sub.call_count < 200
+    done = len([c for c in result.repl_history[0].sub_calls if c.error is None])
+    assert result.answer == (f"{done} answers" if done else "nothing yet")
+    assert sub.call_count - done in (0, 1)  # a call in flight at the deadline is cut
 
 
 def test_strict_mode_raises_on_a_budget() -> None:

@@ -99,7 +99,8 @@ async def test_transient_sub_call_faults_are_retried(
     result = rlm.invoke(data) if entry == "invoke" else await rlm.ainvoke(data)
     assert result.answer == "hello"
     assert len(server.requests_for("sub")) == 3
-    assert result.total_calls == 2  # a retried call is one call
+    assert result.usage["sub"].calls == 1  # one completed call ...
+    assert result.usage["sub"].failed_calls == 2  # ... and two failed attempts, all counted
 
 
 def test_transient_root_faults_are_retried(server_factory) -> None:
@@ -139,6 +140,23 @@ def test_retries_run_out_into_an_item_error(server_factory) -> None:
     result = rlm.invoke({"query": "q?", "context": "c"})
     assert result.answer.startswith("caught: ") and "after 3 attempts" in result.answer
     assert len(server.requests_for("sub")) == 3
+
+
+@pytest.mark.parametrize("entry", ["invoke", "ainvoke"])
+async def test_one_retry_layer_with_the_sdks_default_retries(entry: str, server_factory) -> None:
+    """ChatOpenAI left at the SDK's 2 retries: still 3 requests for max_retries=2, not 9."""
+    server = server_factory(
+        {"root": lambda r: _catching("'hi'"), "sub": lambda r: "never"},
+        faults=[Fault(reply=Reply.server_error(500, 0.001), model="sub", first_n=100)],
+    )
+    sub = server.chat_model("sub", max_retries=2)
+    rlm = RLM(server.chat_model("root"), sub, max_retries=2, retry_backoff=FAST_BACKOFF)
+    data = {"query": "q?", "context": "c"}
+    result = rlm.invoke(data) if entry == "invoke" else await rlm.ainvoke(data)
+    assert "after 3 attempts" in result.answer
+    assert len(server.requests_for("sub")) == 3
+    assert result.usage["sub"].failed_calls == 3
+    assert sub.root_client.max_retries == 2  # the user's model is untouched
 
 
 def test_permanent_root_fault_raises_a_clear_error(server_factory) -> None:

@@ -8,7 +8,8 @@ import pytest
 from langchain_core.caches import InMemoryCache
 from langchain_core.globals import get_llm_cache, set_llm_cache
 from langchain_core.language_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages.utils import count_tokens_approximately
 
 from langchain_rlm import RLM
 from langchain_rlm.testing import ScriptedChatModel
@@ -44,14 +45,16 @@ def test_usage_comes_from_reported_usage_metadata(server_factory) -> None:
 
 
 def test_missing_usage_is_estimated_and_marked() -> None:
-    """A provider reporting no usage: ceil(chars / 4), flagged ``estimated``."""
+    """A provider reporting no usage: LangChain's ``count_tokens_approximately`` for the
+    prompt, ceil(chars / 4) for the reply, flagged ``estimated``."""
     root = ScriptedChatModel(replies=[repl("FINAL(llm_query('x' * 41))")], model="root")
     sub = GenericFakeChatModel(messages=iter([AIMessage(content="y" * 9)]))
     result = RLM(root, sub).invoke({"query": "q?", "context": "c"})
     name = next(n for n in result.usage if n != "root")
     usage = result.usage[name]
     assert usage.estimated is True
-    assert (usage.input_tokens, usage.output_tokens) == (-(-41 // CHARS_PER_TOKEN), 3)
+    prompt_tokens = count_tokens_approximately([HumanMessage("x" * 41)])
+    assert (usage.input_tokens, usage.output_tokens) == (prompt_tokens, -(-9 // CHARS_PER_TOKEN))
     assert result.usage["root"].estimated is False
     assert (
         result.usage_by_depth[1].estimated is True and result.usage_by_depth[0].estimated is False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,12 +42,18 @@ def host_functions(calls: list[Any] | None = None) -> dict[str, Any]:
     def crash(*_args: Any) -> str:
         raise ValueError("host bug")
 
+    def echo(*args: Any, **kwargs: Any) -> Any:
+        """Returns what crossed the bridge, so tests can see exactly what arrived."""
+        log.append(("echo", args, kwargs))
+        return {"args": list(args), "kwargs": kwargs}
+
     return {
         "llm_query": llm_query,
         "llm_query_batched": llm_query_batched,
         "recursive_lm": recursive_lm,
         "refuse": refuse,
         "crash": crash,
+        "echo": echo,
     }
 
 
@@ -67,6 +74,40 @@ def fresh_session() -> Iterator[Any]:
         yield ex
     finally:
         ex.close()
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live (not zombie) process."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (through ``/proc``)."""
+    found: list[int] = []
+    queue = [pid]
+    while queue:
+        current = queue.pop()
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{current}/task/{task}/children") as handle:
+                    children = [int(c) for c in handle.read().split()]
+            except OSError:
+                continue
+            found.extend(children)
+            queue.extend(children)
+    return [p for p in found if alive(p)]
 
 
 def assert_next_cell_works(ex: Any) -> None:

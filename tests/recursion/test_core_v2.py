@@ -1,0 +1,341 @@
+"""Issue 12 findings: leaks, depth under a small executor, made-up answers, lifecycles.
+
+Models are FAKE (``ScriptedChatModel``) unless a test needs HTTP; sandboxes are the real
+default process sandbox, wrapped to count the sessions they start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from langchain_core.messages import BaseMessage
+from langgraph.checkpoint.memory import InMemorySaver
+
+from langchain_rlm import RLM, RLMClosed, RLMThreadBusyError
+from langchain_rlm.parsing import parse_reply
+from langchain_rlm.recursion import SubCallRunner
+from langchain_rlm.sandbox.base import HostFunction, PythonExecutor, SandboxLimits
+from langchain_rlm.sandbox.process import ProcessSandbox
+from langchain_rlm.sessions import ThreadSessions
+from langchain_rlm.testing import ScriptedChatModel
+from langchain_rlm.testing.fake_models import message_text
+from langchain_rlm.testing.openai_server import Reply
+from tests.conftest import repl
+from tests.recursion.conftest import first_user_text, is_rlm_root, process_gone
+
+HANG_GUARD = 120.0
+"""Seconds before a test that would hang gives up (a hang guard, not a speed check)."""
+
+
+class CountingSandbox:
+    """The default process sandbox, remembering every session it starts."""
+
+    name = "process"
+
+    def __init__(self) -> None:
+        self.inner = ProcessSandbox()
+        self.sessions: list[Any] = []
+        self.lock = threading.Lock()
+        self.live = 0
+        self.peak_live = 0
+
+    @property
+    def allowed_modules(self) -> tuple[str, ...]:
+        from langchain_rlm.sandbox.policy import ALLOWED_MODULES
+
+        return tuple(sorted(ALLOWED_MODULES))
+
+    def start(
+        self,
+        context: Any,
+        functions: Mapping[str, HostFunction],
+        limits: SandboxLimits | None = None,
+    ) -> PythonExecutor:
+        session = self.inner.start(context, functions, limits)
+        with self.lock:
+            self.sessions.append(session)
+            self.live = sum(1 for s in self.sessions if s.pid is not None)
+            self.peak_live = max(self.peak_live, self.live)
+        return session
+
+    def pids(self) -> list[int]:
+        return [s.pid for s in self.sessions if s.pid is not None]
+
+
+# -- 1. worker leaks and the session cache ------------------------------------------------
+def test_generated_thread_id_session_is_closed_at_the_end_of_the_call() -> None:
+    sandbox = CountingSandbox()
+    root = ScriptedChatModel(replies=[repl("x = 1\nprint(x)"), "FINAL(one)"] * 3, model="root")
+    rlm = RLM(root, sandbox=sandbox, checkpointer=InMemorySaver())
+    for _ in range(3):
+        assert rlm.invoke({"query": "q?", "context": "c"}).answer == "one"
+    assert len(sandbox.sessions) == 3
+    assert all(session.pid is None for session in sandbox.sessions)  # none left alive
+    assert len(rlm._sessions) == 0
+
+
+def test_thread_session_cache_is_bounded() -> None:
+    sandbox = CountingSandbox()
+    root = ScriptedChatModel(replies=[repl("x = 1"), "FINAL(one)"] * 3, model="root")
+    rlm = RLM(root, sandbox=sandbox, checkpointer=InMemorySaver(), session_cache_size=2)
+    for thread in ("a", "b", "c"):
+        rlm.invoke({"query": "q?", "context": "c"}, {"configurable": {"thread_id": thread}})
+    assert len(rlm._sessions) == 2 and "a" not in rlm._sessions
+    assert sandbox.sessions[0].pid is None  # the evicted thread's worker is gone
+    assert all(session.pid is not None for session in sandbox.sessions[1:])
+    rlm.close()
+    assert all(session.pid is None for session in sandbox.sessions)
+
+
+def test_thread_session_cache_expires_idle_sessions() -> None:
+    now = [0.0]
+    cache = ThreadSessions(max_size=8, ttl=10.0, clock=lambda: now[0])
+    closed: list[str] = []
+
+    class State:  # FAKE DepthState: only close() matters here
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def close(self) -> None:
+            closed.append(self.name)
+
+    cache.acquire("old")
+    cache.release("old", State("old"))  # type: ignore[arg-type]
+    now[0] = 11.0
+    cache.acquire("new")
+    assert closed == ["old"] and "old" not in cache
+
+
+def test_concurrent_calls_on_one_thread_are_refused() -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def tool() -> str:
+        """Blocks until released."""
+        started.set()
+        release.wait(HANG_GUARD)
+        return "done"
+
+    root = ScriptedChatModel(replies=[repl("print(tool())"), "FINAL(ok)"], model="root")
+    rlm = RLM(root, tools=[tool], checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "t"}}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        first = pool.submit(rlm.invoke, {"query": "q?", "context": "c"}, config)
+        assert started.wait(HANG_GUARD)
+        with pytest.raises(RLMThreadBusyError, match="already running a query"):
+            rlm.invoke({"query": "again?", "context": "c"}, config)
+        release.set()
+        assert first.result(HANG_GUARD).answer == "ok"
+    rlm.close()
+
+
+# -- 2. depth under a small executor, one limit for the tree -----------------------------
+ROOT_FANOUT = repl(
+    "parts = recursive_lm_batched(['L1 q'] * 8, [str(i) for i in range(8)])\nFINAL('|'.join(parts))"
+)
+CHILD_FANOUT = repl(
+    "parts = recursive_lm_batched(['L2 q'] * 8, [context + str(i) for i in range(8)])\n"
+    "FINAL('c' + str(len(parts)))"
+)
+GRANDCHILD = repl("FINAL('g' + context)")
+
+
+def _fanout_sub(messages: list[BaseMessage]) -> str:
+    if is_rlm_root(messages):
+        return CHILD_FANOUT if "L1 q" in first_user_text(messages) else GRANDCHILD
+    return "leaf:" + message_text(messages[-1])[-3:]
+
+
+async def test_ainvoke_at_depth_3_completes_under_a_4_thread_default_executor() -> None:
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=4))
+    sandbox = CountingSandbox()
+    sub = ScriptedChatModel(responder=_fanout_sub, model="sub")
+    rlm = RLM(
+        ScriptedChatModel(replies=[ROOT_FANOUT], model="root"),
+        sub,
+        max_depth=3,
+        max_concurrency=4,
+        sandbox=sandbox,
+    )
+    result = await asyncio.wait_for(rlm.ainvoke({"query": "q?", "context": "c"}), HANG_GUARD)
+    assert result.answer == "|".join(["c8"] * 8)
+    # one limit for the whole tree: never more than 4 model calls at once, at any depth
+    assert sub.peak_in_flight <= 4
+    # workers: the root's plus, per lane, one chain of live descendants (a child waiting
+    # for its grandchild keeps its variables): linear in depth, never 16^depth
+    assert sandbox.peak_live <= 1 + 4 * 2
+    assert len(sandbox.sessions) == 1 + 8 + 8 * 8  # every RLM of the tree had a session
+
+
+def test_sync_invoke_at_depth_3_bounds_threads_and_workers() -> None:
+    sandbox = CountingSandbox()
+    sub = ScriptedChatModel(responder=_fanout_sub, model="sub")
+    rlm = RLM(
+        ScriptedChatModel(replies=[ROOT_FANOUT], model="root"),
+        sub,
+        max_depth=3,
+        max_concurrency=4,
+        sandbox=sandbox,
+    )
+    peak_threads = [threading.active_count()]
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.005):
+            peak_threads[0] = max(peak_threads[0], threading.active_count())
+
+    baseline = threading.active_count()
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result = rlm.invoke({"query": "q?", "context": "c"})
+    finally:
+        stop.set()
+        watcher.join()
+    assert result.answer == "|".join(["c8"] * 8)
+    assert sub.peak_in_flight <= 4
+    assert sandbox.peak_live <= 1 + 4 * 2
+    # a session thread per live session plus a few helpers; never 16^depth
+    assert peak_threads[0] - baseline <= 2 * (1 + 4 * 2) + 4
+
+
+# -- 3. answers are never made up from names -----------------------------------------------
+def test_prose_final_of_an_undefined_variable_is_refused() -> None:
+    root = ScriptedChatModel(
+        replies=[repl("x = 41"), "FINAL(result)", repl("result = x + 1"), "FINAL(result)"],
+        model="root",
+    )
+    result = RLM(root).invoke({"query": "q?", "context": "c"})
+    assert result.answer == "42"
+    refusal = message_text(root.calls[2].messages[-1])
+    assert "no variable named 'result'" in refusal
+
+
+def test_final_var_of_an_undefined_variable_after_max_iterations_is_not_its_name() -> None:
+    root = ScriptedChatModel(
+        replies=[repl("answer_so_far = 'seven'\nprint('working')"), "FINAL_VAR(result)"],
+        model="root",
+    )
+    result = RLM(root, max_iterations=1).invoke({"query": "q?", "context": "c"})
+    assert result.finished_reason == "max_iterations"
+    assert result.answer != "result"
+    assert result.answer == "working"  # the best-effort answer: the last REPL output
+
+
+def test_one_word_prose_answers_still_count() -> None:
+    root = ScriptedChatModel(replies=["FINAL(Paris)"], model="root")
+    assert RLM(root).invoke({"query": "capital?", "context": "c"}).answer == "Paris"
+
+
+def test_prose_final_with_an_apostrophe_and_later_parentheses() -> None:
+    text = "FINAL(The author's name is Bob)\nSome notes (really)."
+    final = parse_reply(text).final
+    assert final is not None and final.value == "The author's name is Bob"
+    root = ScriptedChatModel(replies=[text], model="root")
+    assert RLM(root).invoke({"query": "q?", "context": "c"}).answer == "The author's name is Bob"
+
+
+def test_prose_final_keeps_python_strings_with_parentheses() -> None:
+    final = parse_reply('FINAL("a (b")\n(later)').final
+    assert final is not None and final.value == "a (b"
+
+
+# -- 5. host-function bugs are logged, not silent -------------------------------------------
+def test_a_bug_in_a_host_function_is_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(self: SubCallRunner, *args: Any) -> str:
+        raise ZeroDivisionError("host bug")
+
+    monkeypatch.setattr(SubCallRunner, "_leaf", broken)
+    root = ScriptedChatModel(replies=[repl("print(llm_query('hi'))"), "FINAL(x)"], model="root")
+    with caplog.at_level(logging.ERROR, logger="langchain_rlm"):
+        result = RLM(root).invoke({"query": "q?", "context": "c"})
+    assert "ZeroDivisionError: host bug" in (result.repl_history[0].error or "")
+    assert any(
+        r.name.startswith("langchain_rlm") and "llm_query failed on the host" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+# -- 4. lifecycles ------------------------------------------------------------------------------
+def test_a_failing_child_closes_its_worker() -> None:
+    sandbox = CountingSandbox()
+
+    def sub(messages: list[BaseMessage]) -> str:
+        if is_rlm_root(messages) and len(messages) > 2:
+            raise ValueError("the child's root model broke")  # permanent: not retried
+        return repl("print('child ran')") if is_rlm_root(messages) else "leaf"
+
+    root = ScriptedChatModel(
+        replies=[repl("print(recursive_lm('q', 'sub'))"), "FINAL(done)"], model="root"
+    )
+    rlm = RLM(root, ScriptedChatModel(responder=sub, model="sub"), max_depth=2, sandbox=sandbox)
+    result = rlm.invoke({"query": "q?", "context": "c"})
+    assert "ERROR" in result.repl_history[0].stdout or result.repl_history[0].error
+    child_session = sandbox.sessions[1]
+    assert child_session.pid is None
+
+
+async def test_close_while_a_turn_is_stuck_starts_no_new_worker(server_factory) -> None:
+    server = server_factory(
+        {
+            "root": lambda r: repl("print(llm_query('x'))"),
+            "sub": lambda r: Reply.hanging(),
+        }
+    )
+    sandbox = CountingSandbox()
+    rlm = RLM(server.chat_model("root"), server.chat_model("sub"), sandbox=sandbox)
+    task = asyncio.create_task(rlm.ainvoke({"query": "q?", "context": "c"}))
+    while server.in_flight < 1:
+        await asyncio.sleep(0.01)
+    pid = sandbox.sessions[0].pid
+    rlm.close()
+    result = await asyncio.wait_for(task, HANG_GUARD)
+    assert result.finished_reason == "cancelled"
+    assert len(sandbox.sessions) == 1  # no worker started after close
+    while not process_gone(pid):
+        await asyncio.sleep(0.01)
+    with pytest.raises(RLMClosed):
+        await rlm.ainvoke({"query": "q?", "context": "c"})
+
+
+# -- 1 (deliverable). sync, async, stream and astream give the same run ------------------
+def _normalised(result: Any) -> list[Any]:
+    steps = [
+        (s.iteration, s.code, s.stdout, s.error, [c.response for c in s.sub_calls])
+        for s in result.repl_history
+    ]
+    return [result.answer, result.iterations, result.total_calls, result.finished_reason, steps]
+
+
+async def test_sync_async_stream_and_astream_agree() -> None:
+    script = [
+        repl("parts = llm_query_batched([context[:3], context[3:]])\nprint(parts)"),
+        repl("print(len(parts))"),
+        "FINAL(parts)",
+    ]
+
+    def make() -> RLM:
+        return RLM(
+            ScriptedChatModel(replies=list(script), model="root"),
+            ScriptedChatModel(responder=lambda m: message_text(m[-1]).upper(), model="sub"),
+        )
+
+    data = {"query": "q?", "context": "abcdef"}
+    results = [
+        await asyncio.to_thread(make().invoke, data),
+        await make().ainvoke(data),
+        [e async for e in make().astream(data)][-1].result,
+        (await asyncio.to_thread(lambda: list(make().stream(data))))[-1].result,
+    ]
+    expected = _normalised(results[0])
+    assert expected[0] == "['ABC', 'DEF']"
+    for other in results[1:]:
+        assert _normalised(other) == expected

@@ -17,7 +17,7 @@ from langchain_rlm.events import (
 )
 from langchain_rlm.graph import RLMLimitError, RLMRootCallError, build_rlm_graph
 from langchain_rlm.result import ReplStep, RLMResult, SubCall
-from langchain_rlm.rlm import RLM, RLMClosed, RLMInput, RLMInputError
+from langchain_rlm.rlm import RLM, RLMClosed, RLMInput, RLMInputError, RLMOutputError
 from langchain_rlm.runtime import RLMConfig, RLMRuntime, build_config, new_runtime
 from langchain_rlm.sessions import RLMThreadBusyError
 from langchain_rlm.state import RLMSettings, RLMState
@@ -37,6 +37,7 @@ __all__ = [
     "RLMInput",
     "RLMInputError",
     "RLMLimitError",
+    "RLMOutputError",
     "RLMResult",
     "RLMRootCallError",
     "RLMRuntime",

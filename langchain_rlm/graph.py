@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import json
 import logging
 import uuid
 from collections.abc import Callable, Coroutine
@@ -47,6 +48,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 
 from langchain_rlm import prompts
+from langchain_rlm.answers import is_supported, parse_structured, schema_json
 from langchain_rlm.concurrency import run_sync
 from langchain_rlm.journal import journal_key
 from langchain_rlm.models import ModelCallError, acall_model, model_id
@@ -104,7 +106,10 @@ async def prepare(state: RLMState, config: RunnableConfig, runtime: Runtime[Any]
     messages: list[AnyMessage] = []
     if not state.get("messages"):
         messages.append(SystemMessage(_system_prompt(rt, description)))
-    messages.append(HumanMessage(prompts.first_user_message(state["query"], description)))
+    first = prompts.first_user_message(state["query"], description)
+    if rt.config.output_schema is not None:
+        first += prompts.output_schema_instructions(schema_json(rt.config.output_schema))
+    messages.append(HumanMessage(first))
     return {
         "context_description": description,
         "messages": messages,
@@ -114,6 +119,9 @@ async def prepare(state: RLMState, config: RunnableConfig, runtime: Runtime[Any]
         "answer": None,
         "finished_reason": None,
         "finalizing": False,
+        "verify_asked": False,
+        "output_failures": 0,
+        "output": None,
         "turn": state.get("turn", 0) + 1,
         "turn_start": len(state.get("repl_history", [])),
         "usage": rt.meter.snapshot(),
@@ -165,6 +173,7 @@ async def execute(state: RLMState, config: RunnableConfig, runtime: Runtime[Any]
     outputs: list[str] = []
     notes: list[str] = []
     answer: str | None = None
+    computed = False
     for code in state.get("pending_code", []):
         try:
             step, output = await _run_block(rt, code, iteration, config)
@@ -180,13 +189,13 @@ async def execute(state: RLMState, config: RunnableConfig, runtime: Runtime[Any]
         if output.restarted:
             notes.append(RESTART_NOTE)
         if step["final_answer"] is not None:
-            answer = step["final_answer"]
+            answer, computed = step["final_answer"], True  # FINAL called by the code
             break
     clean = all(step["error"] is None for step in steps)
     if answer is None and state.get("pending_final"):
         final = state["pending_final"] or {}
         history = [*state.get("repl_history", []), *steps]
-        answer, note = await _resolve_prose_final(rt, session, final, clean, history)
+        answer, note, computed = await _resolve_prose_final(rt, session, final, clean, history)
         if note:
             notes.append(note)
     update: dict[str, Any] = {
@@ -196,10 +205,13 @@ async def execute(state: RLMState, config: RunnableConfig, runtime: Runtime[Any]
         "usage": rt.meter.snapshot(),
     }
     if answer is not None:
-        update["answer"] = answer
-        update["finished_reason"] = state.get("finished_reason") or "final"
-        await rt.emit({"type": "answer", "answer": answer}, config)
-        return update
+        verdict, note = _check_answer(rt, state, answer, computed=computed, steps=steps)
+        update |= verdict
+        if note is None:
+            update.setdefault("finished_reason", state.get("finished_reason") or "final")
+            await rt.emit({"type": "answer", "answer": update["answer"]}, config)
+            return update
+        notes.append(note)
     message = prompts.repl_output_message(
         outputs,
         limit=rt.settings.max_output_chars,
@@ -506,8 +518,9 @@ async def _resolve_prose_final(
     final: dict[str, str],
     clean: bool,
     history: list[ReplStepRecord],
-) -> tuple[str | None, str | None]:
-    """The answer a prose FINAL / FINAL_VAR stands for, or a note saying why it does not.
+) -> tuple[str | None, str | None, bool]:
+    """``(answer, note, computed)`` for a prose FINAL / FINAL_VAR: the answer it stands for
+    (``computed`` when it is a variable's value), or a note saying why it does not.
 
     ``FINAL_VAR(name)``, and ``FINAL(name)`` with a name the model's code uses (or a
     conventional result name, see :func:`~langchain_rlm.parsing.is_variable_reference`),
@@ -516,23 +529,62 @@ async def _resolve_prose_final(
     """
     kind, value = final.get("kind", "FINAL"), final.get("value", "")
     if not clean:
-        return None, (
-            f"Your {kind}(...) was not accepted because your code raised an error. "
-            "Fix the code first; answer only from output you have seen."
-        )
+        return None, prompts.final_after_error(kind), False
     name = value.strip().strip("\"'") if kind == "FINAL_VAR" else value.strip()
     code = "\n".join(step["code"] for step in history)
     if kind == "FINAL" and not is_variable_reference(name, code):
-        return value, None
+        return value, None, False
     resolved = await _get_variable(rt, session, name)
     if resolved is not None:
-        return resolved, None
+        return resolved, None, True
     names = await _variable_names(rt, session)
-    return None, (
-        f"{kind}({name}) was not accepted: there is no variable named {name!r} "
-        f"(defined: {', '.join(names) or 'none'}). Compute it in code first, or "
-        'answer with text in quotes: FINAL("your answer").'
+    return None, prompts.final_of_undefined(kind, name, names), False
+
+
+def _check_answer(
+    rt: RLMRuntime,
+    state: RLMState,
+    answer: str,
+    *,
+    computed: bool,
+    steps: list[ReplStepRecord],
+) -> tuple[dict[str, Any], str | None]:
+    """``(state update, note)``: a note means the answer is refused and the model is told.
+
+    See :mod:`langchain_rlm.answers`: a short literal answer found in no output gets one
+    "verify it" turn; with ``output_schema`` the answer must validate (a refused answer
+    gets up to ``output_retries`` turns, then it ends the run as ``invalid_output``).
+    """
+    finalizing = bool(state.get("finalizing"))
+    checked = rt.settings.verify_answers and not (
+        computed or finalizing or state.get("verify_asked")
     )
+    if checked and not is_supported(answer, _evidence(rt, state, steps)):
+        return {"verify_asked": True}, prompts.verify_answer_note(answer)
+    schema = rt.config.output_schema
+    if schema is None:
+        return {"answer": answer}, None
+    value, error = parse_structured(answer, schema)
+    if error is None:
+        return {"answer": json.dumps(value, ensure_ascii=False), "output": value}, None
+    failures = state.get("output_failures", 0) + 1
+    if failures <= rt.settings.output_retries and not finalizing:
+        note = prompts.output_schema_note(error, schema_json(schema))
+        return {"output_failures": failures}, note
+    if rt.settings.strict:
+        raise RLMLimitError("invalid_output", f"the answer does not match output_schema: {error}")
+    logger.warning("depth %d: the answer does not match output_schema: %s", rt.depth, error)
+    update = {"answer": answer, "output": None, "output_failures": failures}
+    return update | {"finished_reason": "invalid_output"}, None
+
+
+def _evidence(rt: RLMRuntime, state: RLMState, steps: list[ReplStepRecord]) -> list[str]:
+    """What the current query produced: outputs, errors and sub-call responses."""
+    turn = [*state.get("repl_history", [])[state.get("turn_start", 0) :], *steps]
+    texts = [_full_stdout(rt, step) for step in turn]
+    texts += [step["error"] or "" for step in turn]
+    texts += [call["response"] or "" for step in turn for call in step["sub_calls"]]
+    return texts
 
 
 async def _call_root(

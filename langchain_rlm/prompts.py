@@ -15,11 +15,19 @@ about every chunk with ``llm_query_batched``. No worked example uses a question 
 quality benchmark (``benchmarks/quality``), and no example ends in a literal number a
 model could copy as its answer (issue 13: the 0.5B model copied ``FINAL(5)``-style counts
 from a "How many" example).
+
+The small style picks its worked examples by the described shape (a small model copies
+the first code it sees, so that code must fit the data); pass ``description=`` to
+:func:`render_system_prompt` (without it the shape is guessed from ``context_type``). The
+first user message names the query first and last and ends with the first step that
+suits the shape (for records: the exact line that reads them). Measurements and the
+variants that were tried: ``benchmarks/RESULTS.md``, "Long-context quality".
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -33,6 +41,7 @@ __all__ = [
     "SYSTEM_PROMPT",
     "SYSTEM_PROMPT_SMALL",
     "budget_note",
+    "chunk_chars_for",
     "describe_context",
     "describe_tools",
     "finalize_prompt",
@@ -42,6 +51,7 @@ __all__ = [
     "prompt_style_for",
     "render_system_prompt",
     "repl_output_message",
+    "small_examples",
 ]
 
 DEFAULT_PREVIEW_CHARS = 300
@@ -500,3 +510,53 @@ def _signature(function: Callable[..., Any]) -> str:
 def _summary(function: Callable[..., Any]) -> str:
     text = getattr(function, "description", None) or inspect.getdoc(function) or ""
     return text.strip().split("\n\n")[0].replace("\n", " ") or "(no description)"
+
+
+# -- accepting an answer (graph.execute) ---------------------------------------------------
+FINAL_AFTER_ERROR = (
+    "Your {kind}(...) was not accepted because your code raised an error. "
+    "Fix the code first; answer only from output you have seen."
+)
+
+FINAL_OF_UNDEFINED = (
+    "{kind}({name}) was not accepted: there is no variable named {name!r} "
+    "(defined: {names}). Compute it in code first, or answer with text in quotes: "
+    'FINAL("your answer").'
+)
+
+VERIFY_ANSWER = (
+    "Your answer {answer!r} does not appear in any output you have seen in this run. "
+    "Check it with code first: print the lines or values it comes from. Then answer "
+    "again with FINAL(...)."
+)
+
+OUTPUT_SCHEMA_NOTE = (
+    "Your FINAL value was not accepted: {error}\n"
+    "Call FINAL(value) again with a dict (or list) that matches this JSON schema:\n{schema}"
+)
+
+OUTPUT_SCHEMA_INSTRUCTIONS = (
+    "\n\nAnswer format: finish with FINAL(value), where value is a dict (or list) that "
+    "matches this JSON schema (build it in code, then call FINAL on it):\n{schema}"
+)
+
+
+def final_after_error(kind: str) -> str:
+    return FINAL_AFTER_ERROR.format(kind=kind)
+
+
+def final_of_undefined(kind: str, name: str, names: Sequence[str]) -> str:
+    return FINAL_OF_UNDEFINED.format(kind=kind, name=name, names=", ".join(names) or "none")
+
+
+def verify_answer_note(answer: str) -> str:
+    return VERIFY_ANSWER.format(answer=answer)
+
+
+def output_schema_note(error: str, schema: Mapping[str, Any]) -> str:
+    return OUTPUT_SCHEMA_NOTE.format(error=error, schema=json.dumps(schema, indent=1))
+
+
+def output_schema_instructions(schema: Mapping[str, Any]) -> str:
+    """Appended to the first user message of a query when an output schema is set."""
+    return OUTPUT_SCHEMA_INSTRUCTIONS.format(schema=json.dumps(schema, indent=1))

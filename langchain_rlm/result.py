@@ -90,6 +90,11 @@ class RLMResult(BaseModel):
     depth: int = 0
     thread_id: str | None = None
     """The LangGraph thread of the run, when one was configured."""
+    output: Any = None
+    """With ``output_schema``: the validated answer (an instance of a pydantic schema, a
+    dict for a JSON schema); ``None`` when the run ended without a valid one."""
+    samples: list[str] = Field(default_factory=list)
+    """With ``samples=k``: the answer of every trajectory (the vote's ballot)."""
 
     def __str__(self) -> str:
         return self.answer

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import copy
+import dataclasses
+import functools
 import logging
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NotRequired, cast
+from typing import Any, Literal, NotRequired, cast
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, ensure_config
@@ -17,6 +22,8 @@ from langgraph.types import Durability
 from pydantic import BaseModel
 from typing_extensions import TypedDict
 
+from langchain_rlm.answers import OutputSchema, normalize_answer
+from langchain_rlm.concurrency import run_sync
 from langchain_rlm.context import normalize_context
 from langchain_rlm.events import AnswerEvent, RLMEvent, to_event
 from langchain_rlm.graph import build_rlm_graph
@@ -41,10 +48,18 @@ from langchain_rlm.state import (
     DEFAULT_MAX_ITERATIONS,
     DEFAULT_MAX_OUTPUT_CHARS,
     DEFAULT_MAX_RETRIES,
+    DEFAULT_OUTPUT_RETRIES,
 )
 from langchain_rlm.usage import ModelPrice
 
-__all__ = ["RLM", "RLMClosed", "RLMInput", "RLMInputError", "RLMThreadBusyError"]
+__all__ = [
+    "RLM",
+    "RLMClosed",
+    "RLMInput",
+    "RLMInputError",
+    "RLMOutputError",
+    "RLMThreadBusyError",
+]
 
 logger = logging.getLogger("langchain_rlm.rlm")
 
@@ -175,6 +190,10 @@ class RLM(Runnable[RLMInput, RLMResult]):
         prompt_style: str = "auto",
         session_cache_size: int = DEFAULT_SESSION_CACHE_SIZE,
         session_ttl: float = DEFAULT_SESSION_TTL,
+        output_schema: OutputSchema | None = None,
+        output_retries: int = DEFAULT_OUTPUT_RETRIES,
+        verify_answers: bool | Literal["auto"] = "auto",
+        samples: int = 1,
     ) -> None:
         if model is None:  # the documented default: OpenAI with a key, else the local model
             from langchain_rlm.local_model import default_chat_models
@@ -206,10 +225,21 @@ class RLM(Runnable[RLMInput, RLMResult]):
                 "memoize": memoize,
                 "strict": strict,
                 "prompt_style": prompt_style,
+                "output_retries": output_retries,
+                "verify_answers": verify_answers,
             },
             cell_timeout=cell_timeout,
             memory_mb=memory_mb,
+            output_schema=output_schema,
         )
+        if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+            raise RLMInputError(f"samples must be a positive int, got {samples!r}")
+        if samples > 1 and checkpointer is not None:
+            raise RLMInputError(
+                "samples > 1 runs several trajectories that one checkpointed thread cannot "
+                "hold: use samples=1 with a checkpointer"
+            )
+        self.samples = samples
         self.checkpointer = checkpointer
         # Never the caller's checkpointer by inheritance: its own, or none.
         self.graph = build_rlm_graph(
@@ -269,6 +299,8 @@ class RLM(Runnable[RLMInput, RLMResult]):
         """
         if self._is_resume(input):
             return self.resume(input, config)
+        if self.samples > 1:
+            return run_sync(self._sampled(input, ensure_config(config)))
         call = self._start(input, config)
         with self._running(call):
             state = self.graph.invoke(
@@ -282,6 +314,8 @@ class RLM(Runnable[RLMInput, RLMResult]):
         """Async :meth:`invoke`. Cancelling it stops sub-calls and sandbox workers at once."""
         if self._is_resume(input):
             return await self.aresume(input, config)
+        if self.samples > 1:
+            return await self._sampled(input, config)
         call = self._start(input, config)
         with self._running(call):
             state = await self.graph.ainvoke(
@@ -328,6 +362,64 @@ class RLM(Runnable[RLMInput, RLMResult]):
                 elif _forward(chunk):
                     yield to_event(cast(dict[str, Any], chunk))
         yield _answer_event(state, call)
+
+    async def _sampled(self, input: Mapping[str, Any], config: RunnableConfig | None) -> RLMResult:
+        """Self-consistency: ``samples`` trajectories at once, one vote per answer.
+
+        The trajectories share the run's budgets and concurrency limit; each has its own
+        REPL session. The most common normalised answer wins (ties: the earliest
+        trajectory); the result is the winning trajectory's, with the usage of all of
+        them and every answer in ``result.samples``. Diversity comes from the model's own
+        sampling: at temperature 0 a deterministic model answers the same every time.
+        """
+        calls = [self._start(input, config) for _ in range(self.samples)]
+        for call in calls[1:]:
+            call.runtime.run = calls[0].runtime.run
+
+        async def one(call: _Call) -> dict[str, Any]:
+            with self._running(call):
+                return dict(
+                    await self.graph.ainvoke(call.graph_input, call.config, context=call.runtime)
+                )
+
+        states = await asyncio.gather(*(one(call) for call in calls))
+        answers = [str(state.get("answer") or "") for state in states]
+        votes = Counter(normalize_answer(answer) for answer in answers if answer.strip())
+        best = votes.most_common(1)[0][0] if votes else ""
+        winner = next(
+            (i for i, answer in enumerate(answers) if normalize_answer(answer) == best), 0
+        )
+        result = _result(states[winner], calls[winner])
+        return result.model_copy(update={"samples": answers})
+
+    def with_structured_output(
+        self, schema: OutputSchema, *, include_raw: bool = False
+    ) -> Runnable[RLMInput, Any]:
+        """This RLM answering with a validated object of ``schema``, in the LangChain idiom.
+
+        ``schema`` is a pydantic model (the output is an instance) or a JSON schema (the
+        output is a dict). The model finishes with ``FINAL(dict_or_list)`` or JSON; the
+        value is validated on the host and a validation error goes back to the model as
+        its next turn (``output_retries`` times). A run that ends without a valid value
+        raises :class:`RLMOutputError`, unless ``include_raw=True``, which returns
+        ``{"raw": RLMResult, "parsed": value_or_None, "parsing_error": error_or_None}``.
+
+        .. code-block:: python
+
+            chain = rlm.with_structured_output(Invoice) | (lambda invoice: invoice.total)
+        """
+        structured = self._copy_with(output_schema=schema)
+        return structured | RunnableLambda(
+            functools.partial(_structured_output, include_raw=include_raw), name="output"
+        )
+
+    def _copy_with(self, **config_changes: Any) -> RLM:
+        """A copy of this RLM with other configuration (its own thread sessions)."""
+        clone = copy.copy(self)
+        clone.config = dataclasses.replace(self.config, **config_changes)
+        clone._sessions = ThreadSessions(self._sessions.max_size, self._sessions.ttl)
+        clone._active = set()
+        return clone
 
     def as_tool(
         self,
@@ -561,12 +653,35 @@ STREAM_MODES: list[Any] = ["custom", "values"]
 
 
 def _result(state: Mapping[str, Any], call: _Call) -> RLMResult:
-    return RLMResult.from_state(
+    result = RLMResult.from_state(
         state,
         call.runtime.meter.snapshot(),
         thread_id=call.thread_id,
         outputs=call.runtime.local.outputs,
     )
+    schema = call.runtime.config.output_schema
+    value = state.get("output")
+    if value is not None and isinstance(schema, type) and issubclass(schema, BaseModel):
+        value = schema.model_validate(value)
+    return result.model_copy(update={"output": value}) if value is not None else result
+
+
+class RLMOutputError(ValueError):
+    """The run ended without an answer that validates against the output schema."""
+
+
+def _structured_output(result: RLMResult, *, include_raw: bool) -> Any:
+    error = None
+    if result.output is None:
+        error = RLMOutputError(
+            f"the RLM ended ({result.finished_reason}) without a valid structured answer; "
+            f"its last answer was {result.answer[:200]!r}"
+        )
+    if include_raw:
+        return {"raw": result, "parsed": result.output, "parsing_error": error}
+    if error is not None:
+        raise error
+    return result.output
 
 
 def _parse_input(input: Any) -> tuple[str, Any, bool]:

@@ -40,7 +40,9 @@ from langchain_core.callbacks import adispatch_custom_event
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, StructuredTool
+from pydantic import BaseModel
 
+from langchain_rlm.answers import OutputSchema
 from langchain_rlm.concurrency import TreeLimiter
 from langchain_rlm.journal import CallJournal
 from langchain_rlm.models import model_id, resolve_model
@@ -97,6 +99,8 @@ class RLMConfig:
     """Tree-wide budgets."""
     prices: Mapping[str, ModelPrice] = field(default_factory=dict)
     """Prices added to the built-in list (USD per 1M tokens)."""
+    output_schema: OutputSchema | None = None
+    """A pydantic model or JSON schema the answer must validate against."""
 
     def for_child(self) -> RLMConfig:
         """The configuration of a child RLM: the sub-model becomes its root model."""
@@ -366,6 +370,7 @@ def build_config(
     settings: Mapping[str, Any] | None = None,
     cell_timeout: float = DEFAULT_CELL_TIMEOUT,
     memory_mb: int | None = DEFAULT_MEMORY_MB,
+    output_schema: OutputSchema | None = None,
 ) -> RLMConfig:
     """Validate every knob and build the frozen configuration (RLM and server alike).
 
@@ -382,7 +387,8 @@ def build_config(
     for name in ("max_iterations", "max_depth", "max_concurrency", "max_output_chars"):
         if name in values:
             _positive_int(name, values[name])
-    for name in ("max_retries", "retry_backoff"):
+    _check_schema(output_schema)
+    for name in ("max_retries", "retry_backoff", "output_retries"):
         if name in values:
             _non_negative(name, values[name])
     _positive_number("cell_timeout", cell_timeout)
@@ -405,6 +411,8 @@ def build_config(
         raise RLMInputError(str(error)) from error
     if style == "auto":
         values["prompt_style"] = prompt_style_for(model_id(root))
+    if values.get("verify_answers", "auto") == "auto":
+        values["verify_answers"] = values["prompt_style"] == "small"
     stop = values.get("stop", DEFAULT_STOP_SEQUENCES)
     values["stop"] = tuple(stop) if stop else None
     price_table = dict(prices or {})
@@ -428,6 +436,20 @@ def build_config(
         tools=tool_table(tools),
         budgets=budget_values,
         prices=price_table,
+        output_schema=output_schema,
+    )
+
+
+def _check_schema(schema: Any) -> None:
+    if schema is None:
+        return
+    if isinstance(schema, type) and issubclass(schema, BaseModel):
+        return
+    if isinstance(schema, Mapping) and ("type" in schema or "properties" in schema):
+        return
+    raise RLMInputError(
+        f"output_schema must be a pydantic model class or a JSON schema dict, not "
+        f"{schema!r}: e.g. output_schema=Invoice, or {{'type': 'object', 'properties': ...}}"
     )
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_MAX_ITERATIONS",
     "DEFAULT_MAX_OUTPUT_CHARS",
     "DEFAULT_MAX_RETRIES",
+    "DEFAULT_OUTPUT_RETRIES",
     "DEFAULT_SUB_PROMPT_CHARS",
     "RLMSettings",
     "RLMState",
@@ -39,6 +40,8 @@ DEFAULT_SUB_PROMPT_CHARS = 400_000
 """Characters a sub-call prompt may have when the sub-model's window is unknown."""
 DEFAULT_MAX_CONCURRENCY = 16
 """Sub-calls in flight at the same time in a whole RLM tree."""
+DEFAULT_OUTPUT_RETRIES = 2
+"""Turns to fix an answer that fails ``output_schema`` validation."""
 DEFAULT_MAX_RETRIES = 3
 """Retries of a transient model fault (429, 5xx, timeout), with exponential backoff."""
 
@@ -133,6 +136,12 @@ class RLMState(TypedDict):
     """True during the one extra turn that asks for the best answer after a limit."""
     finalize_start: NotRequired[int]
     """Index in ``repl_history`` where that extra turn's steps begin."""
+    verify_asked: NotRequired[bool]
+    """The model was asked once to verify an unsupported answer in this query."""
+    output_failures: NotRequired[int]
+    """Answers of this query that did not validate against ``output_schema``."""
+    output: NotRequired[Any]
+    """The validated structured answer (JSON-able), with ``output_schema``."""
 
 
 @dataclass(frozen=True)
@@ -165,3 +174,8 @@ class RLMSettings:
     """Per-cell limits handed to the sandbox."""
     prompt_style: str = "default"
     """System prompt style (``prompts.PROMPT_STYLES``); ``small`` adds a worked example."""
+    verify_answers: bool = False
+    """Ask once for evidence when a short literal answer appears in no output of the run
+    (``RLM(verify_answers="auto")``, the default, turns it on for the small-model prompt)."""
+    output_retries: int = DEFAULT_OUTPUT_RETRIES
+    """Turns a model gets to fix an answer that does not validate against the schema."""

@@ -268,14 +268,15 @@ def test_input_schema_names_query_and_context() -> None:
 def test_auto_prompt_style_gives_the_embedded_small_model_the_worked_example(
     model_name: str, small: bool
 ) -> None:
-    root = ScriptedChatModel(replies=["FINAL(x)"], model=model_name)
+    # the small model's answers are verified once: it repeats its answer and is believed
+    root = ScriptedChatModel(replies=["FINAL(x)", "FINAL(x)"], model=model_name)
     RLM(root).invoke({"query": "q?", "context": "abc"})
     system = message_text(root.calls[0].messages[0])
     assert ("Which city hosted the chess final?" in system) is small
 
 
 def test_no_model_means_the_default_chat_models(monkeypatch: pytest.MonkeyPatch) -> None:
-    root = ScriptedChatModel(replies=["FINAL(local)"], model="qwen2.5-coder-0.5b")
+    root = ScriptedChatModel(replies=["FINAL(local)"] * 2, model="qwen2.5-coder-0.5b")
     sub = ScriptedChatModel(replies=[], model="sub")
     import langchain_rlm.local_model as local_model
 

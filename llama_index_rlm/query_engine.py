@@ -31,11 +31,12 @@ from langchain_core.runnables import RunnableConfig, ensure_config
 from langchain_core.runnables.config import merge_configs
 from llama_index.core.base.base_query_engine import BaseQueryEngine
 from llama_index.core.base.base_retriever import BaseRetriever
-from llama_index.core.base.response.schema import Response
+from llama_index.core.base.response.schema import RESPONSE_TYPE, PydanticResponse, Response
 from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload
 from llama_index.core.indices.base import BaseIndex
 from llama_index.core.schema import BaseNode, NodeWithScore, QueryBundle, TransformComponent
 from llama_index.core.settings import Settings
+from pydantic import BaseModel
 
 from langchain_rlm import RLM, RLMResult
 from llama_index_rlm.llms import as_chat_model
@@ -137,13 +138,13 @@ class RLMNodeRunner:
         self.rlm = rlm
         self.config: RunnableConfig = dict(config or {})  # type: ignore[assignment]
 
-    def run(self, query: str, nodes: Sequence[BaseNode | NodeWithScore]) -> Response:
+    def run(self, query: str, nodes: Sequence[BaseNode | NodeWithScore]) -> RESPONSE_TYPE:
         records, kept = node_records(nodes)
         recorder = SubCallRecorder(on_step=_dispatch_step)
         result = self.rlm.invoke({"query": query, "context": records}, self._config(recorder))
         return build_response(result, records, kept, recorder.texts)
 
-    async def arun(self, query: str, nodes: Sequence[BaseNode | NodeWithScore]) -> Response:
+    async def arun(self, query: str, nodes: Sequence[BaseNode | NodeWithScore]) -> RESPONSE_TYPE:
         records, kept = node_records(nodes)
         recorder = SubCallRecorder(on_step=_dispatch_step)
         result = await self.rlm.ainvoke(
@@ -165,16 +166,40 @@ def build_response(
     records: Sequence[dict[str, Any]],
     nodes: Sequence[BaseNode],
     recorded: Sequence[str] = (),
-) -> Response:
-    """The answer, the nodes that informed it, and the run as ``metadata["rlm"]``."""
+) -> RESPONSE_TYPE:
+    """The answer, the nodes that informed it, and the run as ``metadata["rlm"]``.
+
+    With ``output_cls`` (the RLM's ``output_schema``) it is a ``PydanticResponse`` whose
+    ``response`` is the validated object, as LlamaIndex's structured engines give; the
+    object is also in ``metadata["output"]`` (as JSON) and the string form in
+    ``metadata["rlm"]["answer"]``.
+    """
     matches = match_sources(records, evidence_texts(result, recorded))
     sources = [NodeWithScore(node=nodes[m.index], score=m.score) for m in matches]
-    metadata = {"rlm": result.model_dump(mode="json", exclude={"messages"})}
+    metadata: dict[str, Any] = {"rlm": result.model_dump(mode="json", exclude={"messages"})}
+    if isinstance(result.output, BaseModel):
+        metadata["output"] = result.output.model_dump(mode="json")
+        return PydanticResponse(response=result.output, source_nodes=sources, metadata=metadata)
+    if result.output is not None:
+        metadata["output"] = result.output
     return Response(response=result.answer, source_nodes=sources, metadata=metadata)
 
 
-def make_rlm(model: Any, sub_model: Any, rlm: RLM | None, options: dict[str, Any]) -> RLM:
-    """The given ``rlm``, or a new one over the models (LlamaIndex LLMs wrapped)."""
+def make_rlm(
+    model: Any,
+    sub_model: Any,
+    rlm: RLM | None,
+    options: dict[str, Any],
+    output_cls: type[BaseModel] | None = None,
+) -> RLM:
+    """The given ``rlm``, or a new one over the models (LlamaIndex LLMs wrapped).
+
+    ``output_cls``: answers are validated objects of this pydantic class.
+    """
+    if output_cls is not None:
+        if rlm is not None:
+            return rlm._copy_with(output_schema=output_cls)
+        options = {**options, "output_schema": output_cls}
     if rlm is not None:
         if model is not None or sub_model is not None or options:
             raise TypeError("pass either rlm=RLM(...) or a model and RLM options, not both")
@@ -212,6 +237,8 @@ class RLMQueryEngine(BaseQueryEngine):
 
     ``model`` / ``sub_model`` can be LlamaIndex LLMs, LangChain chat models or strings;
     other keyword arguments go to :class:`langchain_rlm.RLM` (or pass ``rlm=RLM(...)``).
+    ``output_cls=MyModel`` makes every answer a validated ``MyModel``: ``query`` returns a
+    ``PydanticResponse`` whose ``response`` is the object.
     ``config`` is a LangChain ``RunnableConfig`` (callbacks, tags, metadata) used for every
     query; :meth:`with_config` makes a copy with more.
     """
@@ -226,10 +253,13 @@ class RLMQueryEngine(BaseQueryEngine):
         config: RunnableConfig | None = None,
         callback_manager: CallbackManager | None = None,
         empty_response: str = DEFAULT_EMPTY_RESPONSE,
+        output_cls: type[BaseModel] | None = None,
         **rlm_options: Any,
     ) -> None:
         self._source = source
-        self._runner = RLMNodeRunner(make_rlm(model, sub_model, rlm, rlm_options), config)
+        self._runner = RLMNodeRunner(
+            make_rlm(model, sub_model, rlm, rlm_options, output_cls), config
+        )
         self._empty_response = empty_response
         super().__init__(callback_manager=callback_manager or Settings.callback_manager)
 
@@ -296,7 +326,7 @@ class RLMQueryEngine(BaseQueryEngine):
         return {}
 
     @dispatcher.span
-    def _query(self, query_bundle: QueryBundle) -> Response:
+    def _query(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
         with self.callback_manager.event(
             CBEventType.QUERY, payload={EventPayload.QUERY_STR: query_bundle.query_str}
         ) as query_event:
@@ -310,7 +340,7 @@ class RLMQueryEngine(BaseQueryEngine):
         return response
 
     @dispatcher.span
-    async def _aquery(self, query_bundle: QueryBundle) -> Response:
+    async def _aquery(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
         with self.callback_manager.event(
             CBEventType.QUERY, payload={EventPayload.QUERY_STR: query_bundle.query_str}
         ) as query_event:

@@ -444,7 +444,7 @@ class SubCallRunner:
         local = self.runtime.local
         with local.lock:
             queue = local.replay_queue
-            if not queue:
+            if queue is None:  # not replaying
                 return None
             for index, recorded in enumerate(queue):
                 if (recorded["prompt_hash"], recorded["kind"]) == (
@@ -454,6 +454,12 @@ class SubCallRunner:
                     found = queue.pop(index)
                     break
             else:
+                logger.warning(
+                    "a replayed cell made a %s call that was not recorded (the cell diverged: "
+                    "randomness, the clock, or another context?); it is made again: %r",
+                    record["kind"],
+                    record["prompt_preview"][:80],
+                )
                 return None
         if found["kind"] == "llm_query" and found["error"] is None and found["response"]:
             self.runtime.run.memo[(found["model"], found["prompt_hash"])] = found["response"]

@@ -244,3 +244,21 @@ def test_child_rlm_root_calls_are_not_paid_twice() -> None:
     assert resumed.resume({"context": "c"}, THREAD).answer == "leaf-answer"
     assert state["child_roots"] == 2  # the child's first turn came from the journal
     resumed.close()
+
+
+def test_a_diverging_replay_makes_the_call_again_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    saver = InMemorySaver()
+    sub, _ = _sub()
+    cell = repl("import random\nr = llm_query('pick ' + str(random.random()))")
+    RLM(
+        ScriptedChatModel(replies=[cell, "FINAL(ok)"], model="root"), sub, checkpointer=saver
+    ).invoke({"query": "q?", "context": "c"}, THREAD)
+    sub2, asked2 = _sub()
+    follow = RLM(ScriptedChatModel(replies=["FINAL(r)"], model="root"), sub2, checkpointer=saver)
+    with caplog.at_level("WARNING", logger="langchain_rlm.recursion"):
+        follow.invoke({"query": "again?", "context": "c"}, THREAD)
+    assert len(asked2) == 1 and asked2[0].startswith("pick ")
+    assert any("was not recorded" in r.getMessage() for r in caplog.records)
+    follow.close()

@@ -7,12 +7,16 @@ scripted loopback server (``ScriptedOpenAIServer``): replies are canned, not gen
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage, BaseMessage, SystemMessage
 
+from langchain_rlm.sandbox.base import HostFunction, PythonExecutor, SandboxLimits
+from langchain_rlm.sandbox.process import ProcessSandbox
 from langchain_rlm.testing import ScriptedOpenAIServer
 from langchain_rlm.testing.fake_models import message_text
 from langchain_rlm.testing.openai_server import ChatRequest, Reply
@@ -89,3 +93,38 @@ __all__ = [
     "sub_text",
     "turns_taken",
 ]
+
+
+class CountingSandbox:
+    """The default process sandbox, remembering every session it starts."""
+
+    name = "process"
+
+    def __init__(self) -> None:
+        self.inner = ProcessSandbox()
+        self.sessions: list[Any] = []
+        self.lock = threading.Lock()
+        self.live = 0
+        self.peak_live = 0
+
+    @property
+    def allowed_modules(self) -> tuple[str, ...]:
+        from langchain_rlm.sandbox.policy import ALLOWED_MODULES
+
+        return tuple(sorted(ALLOWED_MODULES))
+
+    def start(
+        self,
+        context: Any,
+        functions: Mapping[str, HostFunction],
+        limits: SandboxLimits | None = None,
+    ) -> PythonExecutor:
+        session = self.inner.start(context, functions, limits)
+        with self.lock:
+            self.sessions.append(session)
+            self.live = sum(1 for s in self.sessions if s.pid is not None)
+            self.peak_live = max(self.peak_live, self.live)
+        return session
+
+    def pids(self) -> list[int]:
+        return [s.pid for s in self.sessions if s.pid is not None]

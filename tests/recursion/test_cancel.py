@@ -4,42 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
 from langchain_rlm import RLM
-from langchain_rlm.sandbox.base import HostFunction, PythonExecutor, SandboxLimits
-from langchain_rlm.sandbox.process import ProcessSandbox
 from langchain_rlm.testing.openai_server import Reply
-from tests.recursion.conftest import process_gone, repl
+from tests.recursion.conftest import CountingSandbox, process_gone, repl
 
 BATCH = 4
 WAIT_LIMIT = 10.0
 """Upper bound for waiting on an event in these tests (a hang guard, not a timing check)."""
 
 HANGING_CODE = repl("answer = 'before'\nout = llm_query_batched(['a', 'b', 'c', 'd'])\nprint(out)")
-
-
-class RecordingSandbox:
-    """The default process sandbox, remembering the sessions it starts (to find the pid)."""
-
-    name = "process"
-
-    def __init__(self) -> None:
-        self.inner = ProcessSandbox()
-        self.sessions: list[Any] = []
-
-    def start(
-        self,
-        context: Any,
-        functions: Mapping[str, HostFunction],
-        limits: SandboxLimits | None = None,
-    ) -> PythonExecutor:
-        session = self.inner.start(context, functions, limits)
-        self.sessions.append(session)
-        return session
 
 
 async def _until(predicate: Any, what: str) -> None:
@@ -55,7 +32,7 @@ async def test_cancel_aborts_in_flight_sub_calls_and_stops_the_worker(
     entry: str, server_factory
 ) -> None:
     server = server_factory({"root": lambda r: HANGING_CODE, "sub": lambda r: Reply.hanging()})
-    sandbox = RecordingSandbox()
+    sandbox = CountingSandbox()
     rlm = RLM(server.chat_model("root"), server.chat_model("sub"), sandbox=sandbox)
     data = {"query": "q?", "context": "c"}
 
@@ -94,7 +71,7 @@ async def test_cancel_reaches_sub_calls_of_a_child_rlm(server_factory) -> None:
     server = server_factory(
         {"root": lambda r: repl("print(recursive_lm('go', 'sub-context'))"), "sub": sub}
     )
-    sandbox = RecordingSandbox()
+    sandbox = CountingSandbox()
     rlm = RLM(server.chat_model("root"), server.chat_model("sub"), sandbox=sandbox, max_depth=2)
     task = asyncio.create_task(rlm.ainvoke({"query": "q?", "context": "c"}))
     await _until(lambda: server.in_flight == 2, "the child's hanging leaf calls")

@@ -10,7 +10,6 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -20,52 +19,15 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langchain_rlm import RLM, RLMClosed, RLMThreadBusyError
 from langchain_rlm.parsing import parse_reply
 from langchain_rlm.recursion import SubCallRunner
-from langchain_rlm.sandbox.base import HostFunction, PythonExecutor, SandboxLimits
-from langchain_rlm.sandbox.process import ProcessSandbox
 from langchain_rlm.sessions import ThreadSessions
 from langchain_rlm.testing import ScriptedChatModel
 from langchain_rlm.testing.fake_models import message_text
 from langchain_rlm.testing.openai_server import Reply
 from tests.conftest import repl
-from tests.recursion.conftest import first_user_text, is_rlm_root, process_gone
+from tests.recursion.conftest import CountingSandbox, first_user_text, is_rlm_root, process_gone
 
 HANG_GUARD = 120.0
 """Seconds before a test that would hang gives up (a hang guard, not a speed check)."""
-
-
-class CountingSandbox:
-    """The default process sandbox, remembering every session it starts."""
-
-    name = "process"
-
-    def __init__(self) -> None:
-        self.inner = ProcessSandbox()
-        self.sessions: list[Any] = []
-        self.lock = threading.Lock()
-        self.live = 0
-        self.peak_live = 0
-
-    @property
-    def allowed_modules(self) -> tuple[str, ...]:
-        from langchain_rlm.sandbox.policy import ALLOWED_MODULES
-
-        return tuple(sorted(ALLOWED_MODULES))
-
-    def start(
-        self,
-        context: Any,
-        functions: Mapping[str, HostFunction],
-        limits: SandboxLimits | None = None,
-    ) -> PythonExecutor:
-        session = self.inner.start(context, functions, limits)
-        with self.lock:
-            self.sessions.append(session)
-            self.live = sum(1 for s in self.sessions if s.pid is not None)
-            self.peak_live = max(self.peak_live, self.live)
-        return session
-
-    def pids(self) -> list[int]:
-        return [s.pid for s in self.sessions if s.pid is not None]
 
 
 # -- 1. worker leaks and the session cache ------------------------------------------------
@@ -151,18 +113,19 @@ def _fanout_sub(messages: list[BaseMessage]) -> str:
     return "leaf:" + message_text(messages[-1])[-3:]
 
 
+def _fanout_rlm() -> tuple[RLM, ScriptedChatModel, CountingSandbox]:
+    """Depth 3: 8 children, each with 8 grandchildren, under a tree limit of 4."""
+    sandbox = CountingSandbox()
+    sub = ScriptedChatModel(responder=_fanout_sub, model="sub")
+    root = ScriptedChatModel(replies=[ROOT_FANOUT], model="root")
+    rlm = RLM(root, sub, max_depth=3, max_concurrency=4, sandbox=sandbox)
+    return rlm, sub, sandbox
+
+
 async def test_ainvoke_at_depth_3_completes_under_a_4_thread_default_executor() -> None:
     loop = asyncio.get_running_loop()
     loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=4))
-    sandbox = CountingSandbox()
-    sub = ScriptedChatModel(responder=_fanout_sub, model="sub")
-    rlm = RLM(
-        ScriptedChatModel(replies=[ROOT_FANOUT], model="root"),
-        sub,
-        max_depth=3,
-        max_concurrency=4,
-        sandbox=sandbox,
-    )
+    rlm, sub, sandbox = _fanout_rlm()
     result = await asyncio.wait_for(rlm.ainvoke({"query": "q?", "context": "c"}), HANG_GUARD)
     assert result.answer == "|".join(["c8"] * 8)
     # one limit for the whole tree: never more than 4 model calls at once, at any depth
@@ -174,15 +137,7 @@ async def test_ainvoke_at_depth_3_completes_under_a_4_thread_default_executor() 
 
 
 def test_sync_invoke_at_depth_3_bounds_threads_and_workers() -> None:
-    sandbox = CountingSandbox()
-    sub = ScriptedChatModel(responder=_fanout_sub, model="sub")
-    rlm = RLM(
-        ScriptedChatModel(replies=[ROOT_FANOUT], model="root"),
-        sub,
-        max_depth=3,
-        max_concurrency=4,
-        sandbox=sandbox,
-    )
+    rlm, sub, sandbox = _fanout_rlm()
     peak_threads = [threading.active_count()]
     stop = threading.Event()
 

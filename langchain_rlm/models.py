@@ -121,6 +121,10 @@ def resolve_model(model: BaseChatModel | str, *, role: str = "model") -> BaseCha
             f"unknown {role} string {model!r}: write it as 'provider:model', "
             "e.g. 'openai:gpt-4o-mini', or pass a chat model instance"
         )
+    if provider == "local":  # an embedded model: "local:qwen2.5-coder-1.5b"
+        from langchain_rlm.local import chat_model_from_string
+
+        return chat_model_from_string(model, role=role)
     if provider == "openai":
         from langchain_openai import ChatOpenAI
 

@@ -357,14 +357,15 @@ FINALIZE_PROMPT = """\
 """
 
 NEXT_STEP_HINT = (
-    "\nYour variables still exist: never run the same code again. If this output answers "
-    "the query, reply FINAL(answer) with the answer itself; if it shows an error, change "
-    "the line that failed; otherwise write new code in a ```repl block that uses your "
-    "variables to go one step further."
+    "\nIf this output answers the query, reply FINAL(answer) with the answer itself; "
+    "otherwise write new code in a ```repl block."
 )
 """Closes every REPL output message (the budget note now opens it). Measured on the local 0.5B
 model: with the budget note last and no hint, it often replied with the note's turn count
-("4", or ``FINAL(3)``) instead of acting on the output."""
+("4", or ``FINAL(3)``) instead of acting on the output. A longer hint ("Your variables still
+exist: never run the same code again ...", issue 13) made it worse: on a found needle it
+re-ran its search cell without ``FINAL`` (this wording: the same cell plus ``FINAL(code)``),
+so needle runs took 7 calls instead of 2 (``benchmarks/RESULTS.md``)."""
 
 TRUNCATION_MARKER = "\n... [{omitted} more characters not shown; print smaller slices] ..."
 

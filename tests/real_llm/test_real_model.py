@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import pytest
 
 from langchain_rlm import RLM
-from langchain_rlm.local_model import LocalModelServer
+from langchain_rlm.local import LocalModelServer
 
 TEST_TIMEOUT_S = 900
 

@@ -60,20 +60,25 @@ def host_functions(calls: list[Any] | None = None) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def session() -> Iterator[Any]:
     """One process session reused by many attempts (each must leave it working)."""
-    ex = ProcessSandbox(grace_seconds=1.0).start(CONTEXT, host_functions(), TEST_LIMITS)
-    try:
-        yield ex
-    finally:
-        ex.close()
+    yield from _closing_session()
 
 
 @pytest.fixture()
 def fresh_session() -> Iterator[Any]:
+    yield from _closing_session()
+
+
+def _closing_session() -> Iterator[Any]:
+    """A session; after ``close()`` neither its worker nor anything it started lives."""
     ex = ProcessSandbox(grace_seconds=1.0).start(CONTEXT, host_functions(), TEST_LIMITS)
+    pids: list[int] = []
     try:
         yield ex
     finally:
+        if ex.pid is not None:
+            pids = [ex.pid, *descendants(ex.pid)]
         ex.close()
+    assert not [pid for pid in pids if alive(pid)]
 
 
 def alive(pid: int) -> bool:

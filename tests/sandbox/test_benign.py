@@ -131,6 +131,24 @@ SNIPPETS: dict[str, list[str]] = {
         "from collections import namedtuple, OrderedDict, deque\nP = namedtuple('P', 'x y')\nd = deque([1, 2, 3], maxlen=2)\nprint(P(1, 2), P(1, 2)._asdict(), d, OrderedDict(a=1))"
     ],
     "name-main": ["if __name__ == '__main__':\n    print('main')"],
+    "match-statements": [
+        "from collections import namedtuple\nP = namedtuple('P', 'x y')\n"
+        "class Box:\n    __match_args__ = ('w', 'h')\n    def __init__(self, w, h):\n        self.w, self.h = w, h\n"
+        "def kind(v):\n    match v:\n        case P(0, y):\n            return f'on y axis at {y}'\n"
+        "        case P(x, y) if x == y:\n            return 'diagonal'\n        case Box(w, h=2):\n            return f'box {w}x2'\n"
+        "        case [int(a), *rest]:\n            return f'list from {a} ({len(rest)} more)'\n"
+        "        case {'k': str(s)}:\n            return 'mapping ' + s\n        case str() | bytes():\n            return 'text'\n"
+        "        case _:\n            return 'other'\n"
+        "print([kind(v) for v in (P(0, 3), P(2, 2), Box(5, 2), [1, 2, 3], {'k': 'v'}, 'abc', 4.5)])"
+    ],
+    "super-explicit-args": [
+        "class Base:\n    def hello(self):\n        return 'base'\nclass Child(Base):\n    def hello(self):\n"
+        "        return 'child+' + super(Child, self).hello()\nprint(Child().hello())"
+    ],
+    "string-formatter": [
+        "import string\nf = string.Formatter()\nprint(f.format('{0}-{name}-{1:>4}', 'a', 7, name='n'))\n"
+        "print([t[1] for t in f.parse('x{a}y{b}')])"
+    ],
     "getattr-normal": [
         "class A:\n    value = 3\nprint(getattr(A, 'value'), getattr(A, 'missing', 'dflt'), hasattr(A, 'value'))\nsetattr(A, 'other', 4)\nA.other"
     ],

@@ -289,8 +289,6 @@ def test_degraded_mode_is_reported(caplog: pytest.LogCaptureFixture) -> None:
         assert ex("while True: pass").extra["limit"] == "cell_timeout"  # rlimits/timer still apply
     finally:
         ex.close()
-    # the warning is logged once per distinct summary per process
-    assert any("SANDBOX DEGRADED" in r.message for r in caplog.records) or ex.confinement["summary"]
     with pytest.raises(SandboxStartError, match="required"):
         ProcessSandbox(seccomp=False, require_confinement=True).start("", {}, TEST_LIMITS)
 

@@ -10,7 +10,7 @@ context, then resets its high-water mark (``/proc/self/clear_refs``), starts a s
 and runs one cell. "Over the caller's copy" = the host's growth past that point
 (``VmHWM`` - ``VmRSS`` before) + the worker's whole ``VmHWM`` (its interpreter included)
 + every memfd / tmpfs page either process holds (sized through ``/proc/<pid>/fd``),
-divided by the context's size. Target (issue 12): <= 1.3.
+divided by the size of the caller's string (``sys.getsizeof``). Target (issue 12): <= 1.3.
 """
 
 from __future__ import annotations
@@ -104,9 +104,12 @@ def time_bridge(ex: Any) -> float:
     return (with_calls - without) / BRIDGE_CALLS
 
 
-def peak_child(size: int) -> None:
-    """Runs in a fresh process: start a session on ``size`` bytes, one cell, report."""
-    context = make_context(size)
+def peak_child(size: int, wide: bool) -> None:
+    """Runs in a fresh process: start a session on ``size`` characters, one cell, report.
+
+    ``wide`` adds one ``’`` so the whole string takes 2 bytes per character.
+    """
+    context = make_context(size - 1) + ("\u2019" if wide else "")
     before_kb = status_kb("self", "VmRSS:")
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")  # reset VmHWM to the current RSS
@@ -116,7 +119,7 @@ def peak_child(size: int) -> None:
     elapsed = time.perf_counter() - started
     assert out.error is None, out.error
     report = {
-        "context_bytes": len(context),
+        "context_bytes": sys.getsizeof(context),
         "seconds": elapsed,
         "host_growth_kb": vm_hwm_kb("self") - before_kb,
         "worker_kb": vm_hwm_kb(ex.pid),
@@ -126,9 +129,9 @@ def peak_child(size: int) -> None:
     print(json.dumps(report))
 
 
-def run_peak(size: int) -> dict[str, Any]:
+def run_peak(size: int, wide: bool = False) -> dict[str, Any]:
     child = subprocess.run(
-        [sys.executable, __file__, "--peak-child", str(size)],
+        [sys.executable, __file__, "--peak-child", str(size), "wide" if wide else "narrow"],
         capture_output=True,
         text=True,
         check=True,
@@ -155,7 +158,7 @@ def peak_row(label: str, report: dict[str, Any]) -> tuple[str, str, str, str]:
 
 def main() -> None:
     if sys.argv[1:2] == ["--peak-child"]:
-        peak_child(int(sys.argv[2]))
+        peak_child(int(sys.argv[2]), sys.argv[3:4] == ["wide"])
         return
     rows: list[tuple[str, str, str, str]] = []
     small, large = make_context(1 * MB), make_context(100 * MB)
@@ -210,6 +213,9 @@ def main() -> None:
         ex.close()
     del large
     rows.append(peak_row("peak over the caller's copy, 100 MB", run_peak(100 * MB)))
+    rows.append(
+        peak_row("same, 100 M chars at 2 bytes/char (200 MB)", run_peak(100 * MB, wide=True))
+    )
     if "--huge" in sys.argv[1:]:
         rows.append(peak_row("peak over the caller's copy, 5 GB", run_peak(HUGE_BYTES)))
     with open("/proc/loadavg") as loadavg:

@@ -479,9 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--max-depth", type=_positive, default=DEFAULT_MAX_DEPTH)
     ask.add_argument(
         "--sandbox",
-        choices=("process", "local"),
+        choices=("process", "local-trusted"),
         default="process",
-        help="where model code runs (local = in-process, trusted code only)",
+        help="where model code runs (local-trusted = in-process, for trusted code only)",
     )
     ask.add_argument("--json", action="store_true", help="print the whole result as JSON")
     ask.add_argument("--trajectory", metavar="FILE", help="write the run as JSONL to FILE")

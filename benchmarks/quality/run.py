@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import functools
+import inspect
 import json
 import os
 import subprocess
@@ -223,7 +225,26 @@ def install_prompt_revision(revision: str) -> None:
     exec(compile(source, f"prompts.py@{revision}", "exec"), old.__dict__)  # our own git history
     for name, value in vars(old).items():
         if not name.startswith("__") and hasattr(prompts, name) and name not in KEEP_CURRENT:
-            setattr(prompts, name, value)
+            setattr(prompts, name, _accepting_new_keywords(value))
+
+
+def _accepting_new_keywords(value: Any) -> Any:
+    """An old prompt function that ignores keyword arguments it did not have yet (the
+    current graph may pass e.g. ``description=`` to ``render_system_prompt``)."""
+    if not callable(value) or isinstance(value, type):
+        return value
+    try:
+        parameters = inspect.signature(value).parameters
+    except (TypeError, ValueError):
+        return value
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return value
+
+    @functools.wraps(value)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return value(*args, **{k: v for k, v in kwargs.items() if k in parameters})
+
+    return call
 
 
 KEEP_CURRENT = frozenset({"PROMPT_STYLES", "SMALL_MODEL_PREFIXES", "prompt_style_for"})

@@ -11,10 +11,11 @@ worker needs the standard library and, for seccomp, ``pyseccomp``.
 Order of events:
 
 1. read the configuration frame, then the context as a stream of frames on the
-   command pipe (ended by an empty frame). An ASCII ``str`` is read straight into the
-   buffer of a preallocated ``str`` (no second copy); other text is decoded chunk by
-   chunk. The host keeps no copy of its own: on a restart it streams the caller's
-   object again;
+   command pipe (ended by an empty frame), in a thread while the main thread imports.
+   A ``str`` arrives as its own buffer and is read straight into a preallocated
+   ``str`` of the same kind (no second copy); JSON (and text where ``ctypes`` is
+   missing) is decoded chunk by chunk. The host keeps no copy of its own: on a
+   restart it streams the caller's object again;
 2. import the allowed modules and their lazy imports (``_strptime``, codecs ...);
 3. lock down: without seccomp, a root worker drops to ``nobody`` (so ``RLIMIT_NPROC`` = 0
    forbids ``fork``; root ignores it), ``PR_SET_NO_NEW_PRIVS`` and ``PR_SET_CHILD_SUBREAPER``
@@ -221,12 +222,22 @@ class _Channel:
 # --------------------------------------------------------------------------- context
 
 
-def _ascii_buffer(size: int) -> tuple[str, memoryview] | None:
-    """A fresh ASCII ``str`` of ``size`` characters and a writable view of its bytes.
+RAW_KINDS: dict[str, tuple[int, int, str]] = {
+    "ascii": (1, 0x7F, "ascii"),
+    "raw1": (1, 0xFF, "latin-1"),
+    "raw2": (2, 0xFFFF, "utf-16-le"),
+    "raw4": (4, 0x10FFFF, "utf-32-le"),
+}
+"""Kinds the host sends as a ``str``'s own buffer: bytes per char, max char, codec."""
+
+
+def _prepared_str(size: int, width: int, maxchar: int) -> tuple[str, memoryview] | None:
+    """A fresh ``str`` of ``size`` characters and a writable view of its buffer.
 
     The string is filled before anything else sees it (what CPython's own
-    ``PyUnicode_New`` callers do), so the context needs no second copy. ``None`` where
-    ``ctypes`` is missing; the caller then decodes chunk by chunk.
+    ``PyUnicode_New`` callers do), so the context needs no second copy. The host sends
+    the buffer of a canonical string of the same kind, so the result is canonical too.
+    ``None`` where ``ctypes`` is missing; the caller then decodes chunk by chunk.
     """
     try:
         import ctypes
@@ -234,36 +245,43 @@ def _ascii_buffer(size: int) -> tuple[str, memoryview] | None:
         new = ctypes.pythonapi.PyUnicode_New
         new.restype = ctypes.py_object
         new.argtypes = (ctypes.c_ssize_t, ctypes.c_uint32)
-        text = new(size, 127)
-        if type(text) is not str or len(text) != size or not text.isascii():
+        text = new(size, maxchar)
+        if type(text) is not str or len(text) != size:
             return None
-        offset = sys.getsizeof(text) - size - 1
-        raw = (ctypes.c_char * size).from_address(id(text) + offset)
+        offset = sys.getsizeof(text) - (size + 1) * width
+        raw = (ctypes.c_char * (size * width)).from_address(id(text) + offset)
         return text, memoryview(raw).cast("B")
     except Exception:
         return None
 
 
+def _fill(channel: _Channel, view: memoryview) -> None:
+    position = 0
+    total = len(view)
+    while True:
+        length = channel.read_size()
+        if not length:
+            break
+        if position + length > total:
+            raise ValueError("context stream longer than announced")
+        channel.read_exact_into(view[position : position + length])
+        position += length
+    if position != total:
+        raise ValueError("context stream shorter than announced")
+
+
 def _read_context(channel: _Channel, kind: str, size: int) -> Any:
     """The context streamed after the configuration frame (see the module docstring)."""
-    if kind == "ascii" and size > 0:
-        prepared = _ascii_buffer(size)
+    codec = "utf-8"
+    if kind in RAW_KINDS and size > 0:
+        width, maxchar, codec = RAW_KINDS[kind]
+        prepared = _prepared_str(size, width, maxchar)
         if prepared is not None:
             text, view = prepared
-            position = 0
-            while True:
-                length = channel.read_size()
-                if not length:
-                    break
-                if position + length > size:
-                    raise ValueError("context stream longer than announced")
-                channel.read_exact_into(view[position : position + length])
-                position += length
-            if position != size:
-                raise ValueError("context stream shorter than announced")
+            _fill(channel, view)
             view.release()
             return text
-    decoder = codecs.getincrementaldecoder("utf-8")("surrogatepass")
+    decoder = codecs.getincrementaldecoder(codec)("surrogatepass")
     pieces: list[str] = []
     while True:
         chunk = channel.read_raw()

@@ -9,8 +9,9 @@ Design (measurements in ``benchmarks/RESULTS.md``):
   command pipe and the reply pipe (``close_fds``).
 * **Context**: streamed once per worker start over the command pipe, in chunks, from
   the caller's own object: the host keeps a *reference*, never a copy, and holds at
-  most one encoded chunk at a time; an ASCII ``str`` lands directly in the worker's
-  final string (see ``_worker.py``). Nothing is left in shared memory or a temporary
+  most one encoded chunk at a time; a ``str``'s own buffer (1, 2 or 4 bytes per
+  character, read in place) lands directly in the worker's final string (see
+  ``_worker.py``); lists and dicts go as JSON. Nothing is left in shared memory or a temporary
   file once the worker has it, and a restart streams the caller's object again. No
   ``memfd_create``, so the same path runs on every platform.
 * **Confinement** (in the worker, after imports; see ``_worker.py``). What was applied
@@ -164,44 +165,100 @@ def _context_default(value: Any) -> Any:
     )
 
 
-def _context_kind(context: Any) -> str:
-    if isinstance(context, str):
-        return "ascii" if context.isascii() else "str"
-    return "json"
+RAW_CODECS: dict[str, str] = {
+    "ascii": "ascii",
+    "raw1": "latin-1",
+    "raw2": "utf-16-le",
+    "raw4": "utf-32-le",
+}
+"""Context kinds sent as the ``str``'s own buffer, and the codec those bytes equal."""
+_STATE_PROBES = {"a": (1, 1, 1), "\xe9": (1, 1, 0), "\u0100": (2, 1, 0), "\U00010000": (4, 1, 0)}
+_layout: dict[str, Any] = {}
 
 
-def _ascii_view(text: str) -> memoryview | None:
-    """A read-only view of an ASCII ``str``'s own bytes (CPython's compact layout).
+def _str_state(text: str) -> tuple[int, int, int] | None:
+    """``(bytes per char, compact, ascii)`` from a ``str``'s header, or ``None``.
 
-    Lets the host write the caller's string to the pipe without encoding a copy. The
-    caller's object stays referenced for as long as the view is used; ``None`` (encode
-    instead) when ``ctypes`` is missing or the layout check fails.
+    Reads CPython's ``PyASCIIObject.state`` bit field; the layout is checked once
+    against strings of every kind, and anything unexpected (another Python, a
+    free-threaded build) answers ``None`` so the caller encodes instead.
     """
     try:
         import ctypes
+    except ImportError:  # pragma: no cover - no ctypes
+        return None
+    offset = 4 * ctypes.sizeof(ctypes.c_ssize_t)
 
-        size = len(text)
-        offset = sys.getsizeof(text) - size - 1
-        raw = (ctypes.c_char * size).from_address(id(text) + offset)
+    def read(value: str) -> tuple[int, int, int]:
+        bits = ctypes.c_uint32.from_address(id(value) + offset).value
+        return (bits >> 2) & 7, (bits >> 5) & 1, (bits >> 6) & 1
+
+    if "ok" not in _layout:
+        _layout["ok"] = all(read(chr(ord(p)) * 2) == want for p, want in _STATE_PROBES.items())
+        _layout["header"] = sys.getsizeof(chr(0xE9) * 2) - 3
+    return read(text) if _layout["ok"] else None
+
+
+def _raw_view(text: str) -> tuple[str, memoryview] | None:
+    """``(kind, read-only view)`` of a compact ``str``'s own buffer, or ``None``.
+
+    Lets the host send the caller's string without encoding a copy (the worker puts
+    the bytes straight into its own string). The caller's object stays referenced as
+    long as the view is used. The first and last characters are compared with an
+    encoded copy before the view is trusted.
+    """
+    if type(text) is not str or not text:
+        return None
+    state = _str_state(text)
+    if state is None:
+        return None
+    width, compact, is_ascii = state
+    if not compact or width not in (1, 2, 4):
+        return None
+    size = len(text)
+    kind = "ascii" if is_ascii else f"raw{width}"
+    offset = sys.getsizeof(text) - size - 1 if is_ascii else _layout["header"]
+    try:
+        import ctypes
+
+        raw = (ctypes.c_char * (size * width)).from_address(id(text) + offset)
         view = memoryview(raw).cast("B").toreadonly()
     except Exception:
         return None
     probe = min(size, 64)
-    if bytes(view[:probe]) != text[:probe].encode("ascii") or (
-        bytes(view[size - probe :]) != text[size - probe :].encode("ascii")
-    ):
+    codec = RAW_CODECS[kind]
+    head = text[:probe].encode(codec, "surrogatepass")
+    tail = text[size - probe :].encode(codec, "surrogatepass")
+    if bytes(view[: len(head)]) != head or bytes(view[len(view) - len(tail) :]) != tail:
         return None
-    return view
+    return kind, view
+
+
+def _context_kind(context: Any) -> str:
+    if isinstance(context, str):
+        raw = _raw_view(context)
+        if raw is not None:
+            return raw[0]
+        return "ascii" if context.isascii() else "str"
+    return "json"
+
+
+def _context_chars(context: Any, kind: str) -> int:
+    return len(context) if kind in RAW_CODECS else 0
 
 
 def _context_chunks(context: Any, kind: str) -> Iterator[bytes | memoryview]:
     """The encoded context, one chunk at a time (the host never holds a second copy)."""
-    if kind == "ascii" and type(context) is str and context:
-        view = _ascii_view(context)
-        if view is not None:
-            for start in range(0, len(view), CONTEXT_CHUNK_CHARS):
-                yield view[start : start + CONTEXT_CHUNK_CHARS]
+    if kind in RAW_CODECS and context:
+        raw = _raw_view(context)
+        if raw is not None and raw[0] == kind:
+            view = raw[1]
+            step = CONTEXT_CHUNK_CHARS
+            for start in range(0, len(view), step):
+                yield view[start : start + step]
             return
+        if kind != "ascii":
+            raise RuntimeError("the context's layout changed while it was sent")
     if kind in ("ascii", "str"):
         codec = "ascii" if kind == "ascii" else "utf-8"
         for start in range(0, len(context), CONTEXT_CHUNK_CHARS):
@@ -617,7 +674,7 @@ class ProcessExecutor:
             },
             "functions": list(self._functions),
             "context_kind": kind,
-            "context_chars": len(self._context) if kind == "ascii" else 0,
+            "context_chars": _context_chars(self._context, kind),
             "max_frame": self.max_frame,
             "seccomp": self._seccomp,
             "unshare": self._namespaces,
@@ -1046,7 +1103,7 @@ class ProcessExecutor:
                 "op": "set",
                 "name": "context",
                 "stream_kind": kind,
-                "chars": len(value) if kind == "ascii" else 0,
+                "chars": _context_chars(value, kind),
             }
             timeout = CONTROL_TIMEOUT + _size_estimate(value) / MIN_HANDOVER_BYTES_PER_SECOND
             # on failure the worker is killed and the next start streams the new context

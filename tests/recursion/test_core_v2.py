@@ -248,7 +248,7 @@ async def test_close_while_a_turn_is_stuck_starts_no_new_worker(server_factory) 
     sandbox = CountingSandbox()
     rlm = RLM(server.chat_model("root"), server.chat_model("sub"), sandbox=sandbox)
     task = asyncio.create_task(rlm.ainvoke({"query": "q?", "context": "c"}))
-    while server.in_flight < 1:
+    while not server.requests_for("sub"):  # the cell waits on its hanging sub-call
         await asyncio.sleep(0.01)
     pid = sandbox.sessions[0].pid
     rlm.close()

@@ -307,3 +307,31 @@ def test_local_sandbox_basics() -> None:
         assert ex("x = 1").error is None and ex.variable_names() == ["i", "x"]
     finally:
         ex.close()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "plain ascii",
+        "caf\xe9 cr\xe8me",
+        "\u2019quoted\u2019 \u20ac",
+        "emoji \U0001f600 \u00e9",
+        "x\ud800y",
+    ],
+    ids=["ascii", "latin1", "ucs2", "ucs4", "surrogate"],
+)
+def test_context_buffer_handover_gives_a_canonical_string(text: str) -> None:
+    """The worker's context equals, hashes and compares like a string built there."""
+    ex = ProcessSandbox().start(text * 3, {}, TEST_LIMITS)
+    try:
+        code = (
+            f"built = {text!r} * 3\n"
+            "print(context == built, hash(context) == hash(built), {built: 1}.get(context),"
+            " context[-1] == built[-1], len(context))"
+        )
+        out = ex(code)
+        assert out.error is None and out.stdout == f"True True 1 True {len(text) * 3}\n"
+        ex.set_variable("context", text)
+        assert ex(f"print(context == {text!r})").stdout == "True\n"
+    finally:
+        ex.close()

@@ -53,7 +53,7 @@ from langchain_rlm.events import (
     SubCallEndEvent,
     SubCallStartEvent,
 )
-from langchain_rlm.usage import DEFAULT_PRICES
+from langchain_rlm.usage import DEFAULT_PRICES, price_for
 
 __all__ = ["CLIError", "ProgressDisplay", "build_parser", "load_context", "main"]
 
@@ -229,13 +229,10 @@ def _local_models(name: str, role: str) -> tuple[BaseChatModel, BaseChatModel]:
 
 # -- progress --------------------------------------------------------------------------
 def _price_per_token(model: str) -> tuple[float, float] | None:
-    if model in DEFAULT_PRICES:
-        price = DEFAULT_PRICES[model]
-    else:
-        matches = [name for name in DEFAULT_PRICES if model.startswith(name)]
-        if not matches:
-            return None
-        price = DEFAULT_PRICES[max(matches, key=len)]
+    """USD per input and output token for the progress display (the meter's lookup)."""
+    price = price_for(model, DEFAULT_PRICES)
+    if price is None:
+        return None
     return price.input / TOKENS_PER_MILLION, price.output / TOKENS_PER_MILLION
 
 

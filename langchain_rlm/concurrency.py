@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-__all__ = ["TreeLimiter", "run_sync"]
+__all__ = ["TreeLimiter", "in_sync_entry", "run_sync"]
 
 T = TypeVar("T")
 
@@ -143,6 +143,22 @@ def _bridge() -> asyncio.AbstractEventLoop:
         return _bridge_loop
 
 
+_SYNC_ENTRY: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "langchain_rlm_sync_entry", default=False
+)
+
+
+def in_sync_entry() -> bool:
+    """True inside a coroutine that :func:`run_sync` runs for a synchronous caller.
+
+    Model calls then use the model's sync API (in an executor thread): provider clients
+    such as OpenAI's cache one async HTTP client per process, bound to the first event loop
+    that used it, so async calls from the bridge loop would break the caller's own later
+    ``ainvoke`` on its loop (and the other way round).
+    """
+    return _SYNC_ENTRY.get()
+
+
 def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run ``coroutine`` to completion from synchronous code and return its result.
 
@@ -152,11 +168,15 @@ def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
     thread (sync code nested in a running tree), it runs on a fresh loop in a helper thread.
     """
     loop = _bridge()
-    if threading.current_thread() is _bridge_thread:
-        context = contextvars.copy_context()
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlm-sync") as pool:
-            return pool.submit(context.run, asyncio.run, coroutine).result()
-    future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+    token = _SYNC_ENTRY.set(True)
+    try:
+        if threading.current_thread() is _bridge_thread:
+            context = contextvars.copy_context()
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlm-sync") as pool:
+                return pool.submit(context.run, asyncio.run, coroutine).result()
+        future = asyncio.run_coroutine_threadsafe(coroutine, loop)  # carries the flag
+    finally:
+        _SYNC_ENTRY.reset(token)
     try:
         return future.result()
     except BaseException:

@@ -33,6 +33,8 @@ retry at WARNING, each call that fails for good at ERROR.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
 import random
 import sys
@@ -45,6 +47,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import RunnableConfig
 
+from langchain_rlm.concurrency import in_sync_entry
 from langchain_rlm.usage import CHARS_PER_TOKEN, UsageMeter, usage_from_message
 
 __all__ = [
@@ -334,6 +337,25 @@ def _is_final(error: BaseException, attempt: int, attempts: int) -> bool:
     return attempt >= attempts or not is_transient(error) or is_context_overflow(error)
 
 
+async def _invoke(
+    model: BaseChatModel,
+    prompt: list[BaseMessage],
+    config: RunnableConfig | None,
+    kwargs: dict[str, Any],
+) -> BaseMessage:
+    """One attempt: ``ainvoke``, or for a synchronous caller the sync API in a thread.
+
+    See :func:`~langchain_rlm.concurrency.in_sync_entry`: a sync ``RLM.invoke`` never
+    touches the provider's process-wide async client. A sync attempt cut by the run's
+    timeout stops being waited for; its request ends in its thread.
+    """
+    if not in_sync_entry():
+        return await model.ainvoke(prompt, config, **kwargs)
+    loop = asyncio.get_running_loop()
+    call = functools.partial(model.invoke, prompt, config, **kwargs)
+    return await loop.run_in_executor(None, contextvars.copy_context().run, call)
+
+
 async def acall_model(
     model: BaseChatModel,
     messages: Sequence[BaseMessage],
@@ -364,7 +386,7 @@ async def acall_model(
         deadline = asyncio.timeout(meter.seconds_left())
         try:
             async with deadline:
-                message = await target.ainvoke(prompt, config, **kwargs)
+                message = await _invoke(target, prompt, config, kwargs)
             return _settle(meter, model, message, prompt, depth, root)
         except BaseException as error:
             meter.record_failure(name, depth, root=root)

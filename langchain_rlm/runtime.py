@@ -223,6 +223,8 @@ class RLMRuntime:
         event = {"iteration": self.local.iteration, **event, "depth": self.depth}
         if self.run.writer is not None:
             self.run.writer(event)
+        if not _has_handlers(config):  # nobody listens: skip building a callback manager
+            return
         with contextlib.suppress(RuntimeError):  # not inside a traced run
             await adispatch_custom_event("rlm_step", event, config=config)
 
@@ -288,6 +290,14 @@ class RLMRuntime:
         if self.local.session is None and self.local.thread is None:
             return
         threading.Thread(target=self.close, name="rlm-session-close", daemon=True).start()
+
+
+def _has_handlers(config: RunnableConfig | None) -> bool:
+    callbacks = (config or {}).get("callbacks")
+    if callbacks is None:
+        return False
+    handlers = getattr(callbacks, "handlers", callbacks)
+    return bool(handlers)
 
 
 def _call_session(session: PythonExecutor, code: str, seconds_left: float | None) -> CodeOutput:

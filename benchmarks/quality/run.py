@@ -322,7 +322,8 @@ def render_comparison(records: Iterable[dict[str, Any]], columns: Sequence[str],
     """Markdown: one row per group, one cell per ``variant:mode`` column, side by side.
 
     A cell reads ``correct/n · mean calls · mean prompt+completion tokens · mean wall s``;
-    only tasks that every column ran are counted, so the columns compare the same tasks.
+    only tasks that every column with data for the group ran are counted, so the columns
+    compare the same tasks; a column without data for the group shows ``-``.
     """
     latest = {record_key(record): record for record in records}
     wanted = [tuple(column.split(":", 1)) for column in columns]
@@ -336,11 +337,15 @@ def render_comparison(records: Iterable[dict[str, Any]], columns: Sequence[str],
     lines = [header, "|---|---|" + "---|" * len(columns)]
     for group in groups:
         cells = [by_cell.get((variant, mode, group), {}) for variant, mode in wanted]
-        common = set.intersection(*(set(cell) for cell in cells)) if cells else set()
+        present = [set(cell) for cell in cells if cell]
+        common = set.intersection(*present) if present else set()
         if not common:
             continue
         texts = []
         for cell in cells:
+            if not cell:
+                texts.append("-")
+                continue
             rows = [cell[task_id] for task_id in sorted(common)]
             correct = sum(1 for r in rows if r["correct"])
             calls = sum(r.get("calls") or 0 for r in rows) / len(rows)

@@ -41,12 +41,8 @@ MessagesResponder = Callable[[list[BaseMessage]], str]
 
 
 def message_text(message: BaseMessage) -> str:
-    """The text of a message (string content, or the text parts of list content)."""
-    content = message.content
-    if isinstance(content, str):
-        return content
-    parts = [p if isinstance(p, str) else str(p.get("text", "")) for p in content]
-    return "".join(parts)
+    """The text of a message (``BaseMessage.text``: string content, or its text parts)."""
+    return message.text
 
 
 @dataclass(frozen=True)

@@ -63,19 +63,21 @@ async def test_async_batches_run_on_the_callers_loop() -> None:
     assert threads == [loop_thread] * 3
 
 
-def test_sync_batches_run_on_one_event_loop_not_in_worker_threads() -> None:
-    """``invoke`` runs the same async code as ``ainvoke``: the node's event loop runs the
-    batch (one thread for all items), not a pool of threads per batch."""
+def test_sync_batches_use_the_models_sync_api_concurrently() -> None:
+    """``invoke`` runs the same async graph; its model calls use the sync API (so the
+    provider's async client is never bound to the library's loop), concurrently."""
     threads: list[str] = []
+    started = threading.Barrier(2, timeout=30)
 
     def sub(messages: list[BaseMessage]) -> str:
         threads.append(threading.current_thread().name)
+        started.wait()  # both items are in flight at once, or this times out
         return "ok"
 
     root = ScriptedChatModel(replies=[repl("FINAL('|'.join(llm_query_batched(['a', 'b'])))")])
-    RLM(root, ScriptedChatModel(responder=sub, model="sub")).invoke({"query": "q", "context": "c"})
-    assert len(threads) == 2
-    assert len(set(threads)) == 1
+    rlm = RLM(root, ScriptedChatModel(responder=sub, model="sub"))
+    assert rlm.invoke({"query": "q", "context": "c"}).answer == "ok|ok"
+    assert len(set(threads)) == 2
 
 
 @pytest.mark.parametrize("entry", ["invoke", "ainvoke"])

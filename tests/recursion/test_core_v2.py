@@ -294,3 +294,23 @@ async def test_sync_async_stream_and_astream_agree() -> None:
     assert expected[0] == "['ABC', 'DEF']"
     for other in results[1:]:
         assert _normalised(other) == expected
+
+
+def test_sync_and_async_calls_mix_in_one_process_over_keep_alive_connections() -> None:
+    """``invoke`` uses the model's sync API: it never binds the provider's process-wide
+    async client to the library's loop, so a later ``ainvoke`` on another loop works (and
+    the other way round)."""
+
+    def reply(request: Any) -> str:
+        first = not any(m.role == "assistant" for m in request.messages)
+        return repl("x = llm_query('hi')\nprint(x)") if first else "FINAL(x)"
+
+    from langchain_rlm.testing import ScriptedOpenAIServer
+
+    with ScriptedOpenAIServer(reply, keep_alive=True) as server:
+        data = {"query": "q?", "context": "c"}
+        # (a second asyncio.run would fail in ChatOpenAI itself: its cached async client
+        # is bound to the first loop that used it; that is langchain-openai's behaviour)
+        assert RLM(server.chat_model("m")).invoke(data).finished_reason == "final"
+        assert asyncio.run(RLM(server.chat_model("m")).ainvoke(data)).finished_reason == "final"
+        assert RLM(server.chat_model("m")).invoke(data).finished_reason == "final"

@@ -15,6 +15,9 @@ Parts (each prints its own table with ratios):
   Two subtractions, both measured the same way on both sides by wrapping the calls:
   *model* = the chat-model call (``ChatOpenAI.ainvoke`` / rlms's
   ``OpenAIClient.completion``), *wire* = ``httpx`` ``send`` (the HTTP round trip only).
+  *CPU* = CPU seconds of the client's process tree (threads and the sandbox worker,
+  from ``/proc/<pid>/task/*/schedstat``; the server excluded) between the two root-call
+  starts: the figure that does not depend on the machine's load.
   Target: project <= 0.8x rlms.
 * ``fanout``: one ``llm_query_batched`` of 64 prompts x 300 ms at concurrency 16,
   project sync (``invoke``) and async (``ainvoke``), rlms (sync only: it has no async
@@ -22,19 +25,24 @@ Parts (each prints its own table with ratios):
 * ``memory``: peak memory *over the caller's own copy* of a 100 MB str context, in a
   fresh process per side, sampled from outside every ~2 ms over the whole process tree:
   Pss_Anon + Pss_File of every process (``smaps_rollup``; shared memory left out; PSS so
-  that a forked, not yet exec'd child is not counted twice), plus the shared-memory pages
+  that shared pages are not counted twice; a forked child that has not exec'd yet, and
+  a zombie, is skipped: a vfork child *is* its parent's memory), plus the shared pages
   two ways: (a) memfd / ``/dev/shm`` files held open by any process of the tree
   (``st_blocks`` of ``/proc/<pid>/fd/<n>``, deduplicated by inode), (b) the rise of
   ``Shmem`` in ``/proc/meminfo`` (system-wide). Baseline: the same sum when the child
-  has built its context and its RLM, just before the run. Target <= 1.3x the context.
+  has built its context and its RLM, just before the run. Also printed: the sum of every
+  process's VmHWM minus the caller's RSS at the baseline (an upper bound that no
+  sampling interval can miss). Target <= 1.3x the context.
 * ``huge``: a 5 GB str context answered end to end by the project (a scripted model
   that peeks and answers), wall time and the same peak memory; refused when
   ``MemAvailable`` is too small.
 
 Usage::
 
-    cd /work/core && PYTHONPATH=. .venv/bin/python benchmarks/peer_bench.py all
+    PYTHONPATH=. python benchmarks/peer_bench.py all [--rounds N]   # all but huge
     PYTHONPATH=. python benchmarks/peer_bench.py overhead|fanout|memory|huge [--rounds N]
+
+The first run creates ``benchmarks/.peer-venv`` (``pip install rlms==0.1.3``).
 """
 
 from __future__ import annotations
@@ -61,7 +69,7 @@ except ImportError:  # pragma: no cover
     import httpx  # type: ignore[no-redef]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proc_stats import children, tree_cpu
+from proc_stats import children, inside, meminfo, timed, tree_cpu
 from recursion_bench import (
     LINE,
     MB,
@@ -103,7 +111,7 @@ HUGE_SIZE = 5 * 10**9
 HUGE_HEADROOM = 3.3
 """MemAvailable needed for the huge run, in context sizes (caller + handover + worker)."""
 SAMPLE_SECONDS = 0.002
-HUGE_SAMPLE_SECONDS = 0.02
+HUGE_SAMPLE_SECONDS = 0.1
 GIB = 2**30
 PEEK_ANSWER = LINE.split()[2]
 
@@ -158,8 +166,8 @@ def _responders() -> dict[str, Any]:
     }
 
 
-def _server() -> _RemoteServer:
-    return _RemoteServer(_responders)
+def _server(keep_alive: bool = False) -> _RemoteServer:
+    return _RemoteServer(_responders, keep_alive=keep_alive)
 
 
 def _base_url(server: _RemoteServer) -> str:
@@ -182,6 +190,8 @@ class _Spans:
 
 SPANS = _Spans([], [], [])
 ROOT_LOOP_MODEL = "loop"
+LOCAL_SANDBOX = "local-trusted"
+"""The in-process sandbox, opted into explicitly (trusted code only)."""
 
 
 def _instrument() -> None:
@@ -199,13 +209,6 @@ def _instrument() -> None:
         finally:
             SPANS.model.append((self.model_name, start, time.perf_counter()))
 
-    def timed_send(self: Any, *args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return send(self, *args, **kwargs)
-        finally:
-            SPANS.wire.append((start, time.perf_counter()))
-
     async def timed_asend(self: Any, *args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
         try:
@@ -214,12 +217,8 @@ def _instrument() -> None:
             SPANS.wire.append((start, time.perf_counter()))
 
     ChatOpenAI.ainvoke = timed_ainvoke  # type: ignore[method-assign]
-    httpx.Client.send = timed_send  # type: ignore[method-assign]
+    httpx.Client.send = timed(send, SPANS.wire)  # type: ignore[method-assign]
     httpx.AsyncClient.send = timed_asend  # type: ignore[method-assign]
-
-
-def _inside(spans: list[tuple[float, float]], a: float, b: float) -> float:
-    return sum(end - start for start, end in spans if a <= start < b)
 
 
 # -- the peer venv -------------------------------------------------------------------------------
@@ -296,8 +295,8 @@ def _project_overhead(
     context = _context(size)
     out: dict[str, list[float]] = {"intervals": [], "model": [], "wire": [], "cpu": []}
     for run in range(WARMUP_RUNS + runs):
-        sandbox = "local" if mode == "local" else ProcessSandbox()
-        model = server.chat_model(ROOT_LOOP_MODEL)
+        sandbox = LOCAL_SANDBOX if mode == "local" else ProcessSandbox()
+        model = _chat(_base_url(server), ROOT_LOOP_MODEL, own_clients=True)
         rlm = RLM(model, sandbox=sandbox, max_iterations=ITERATIONS + 2)
         data = {"query": "loop", "context": context}
         SPANS.clear()
@@ -309,8 +308,8 @@ def _project_overhead(
         spans = [(start, end) for _, start, end in SPANS.model]
         for (a, cpu_a), (b, cpu_b) in zip(SPANS.starts, SPANS.starts[1:], strict=False):
             out["intervals"].append(b - a)
-            out["model"].append(_inside(spans, a, b))
-            out["wire"].append(_inside(SPANS.wire, a, b))
+            out["model"].append(inside(spans, a, b))
+            out["wire"].append(inside(SPANS.wire, a, b))
             out["cpu"].append(cpu_b - cpu_a)
     return out
 
@@ -423,6 +422,20 @@ def bench_fanout(server: _RemoteServer, rounds: int) -> None:
 
 
 # -- (3) / (4) memory ---------------------------------------------------------------------------
+def _status_kb(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
+    """Fields of ``/proc/<pid>/status`` in kB (missing when the process is gone)."""
+    values: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                key, _, rest = line.partition(":")
+                if key in keys:
+                    values[key] = int(rest.split()[0])
+    except OSError:
+        pass
+    return values
+
+
 def _cmdline(pid: int) -> bytes:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
@@ -481,22 +494,6 @@ def _shared_files(pid: int, seen: dict[tuple[int, int], int]) -> None:
             continue
 
 
-def _meminfo_shmem() -> int:
-    with open("/proc/meminfo") as handle:
-        for line in handle:
-            if line.startswith("Shmem:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _mem_available() -> int:
-    with open("/proc/meminfo") as handle:
-        for line in handle:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 @dataclass
 class _Sample:
     private: int
@@ -508,18 +505,27 @@ class _Sample:
     processes: int
     root_private: int
     """Pss_Anon + Pss_File of the root process alone (the caller's process)."""
+    hwm: dict[int, int]
+    """VmHWM (peak RSS, shared memory mapped included) by process, bytes."""
+    root_rss: int
+    """VmRSS of the root process, bytes."""
 
 
 def _sample(pid: int) -> _Sample:
     private, count, root = 0, 0, 0
     shared: dict[tuple[int, int], int] = {}
+    hwm: dict[int, int] = {}
+    root_rss = 0
     for member in _tree(pid):
         mine = _private_bytes(member)
         root = root or mine
         private += mine
         _shared_files(member, shared)
+        status = _status_kb(member, ("VmHWM", "VmRSS"))
+        hwm[member] = status.get("VmHWM", 0) * 1024
+        root_rss = root_rss or status.get("VmRSS", 0) * 1024
         count += 1
-    return _Sample(private, sum(shared.values()), _meminfo_shmem(), count, root)
+    return _Sample(private, sum(shared.values()), meminfo("Shmem"), count, root, hwm, root_rss)
 
 
 class _Sampler:
@@ -531,10 +537,19 @@ class _Sampler:
         self.peak_fd = self.peak_meminfo = 0
         self.peak_processes = 1
         self.samples = 0
+        self.hwm: dict[int, int] = {}
+        """Last VmHWM seen per process of the tree."""
         self.at_peak = (0, 0, 0)
         """At the (fd) peak: caller process, other processes, shared files (bytes)."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def peak_hwm(self) -> int:
+        """Sum of every process's VmHWM, minus the caller's RSS at the baseline (an upper
+        bound: each process's own peak, even when they did not coincide; a mapped memfd
+        counts in the VmHWM of the process that mapped it)."""
+        return sum(self.hwm.values()) - self.baseline.root_rss
 
     def __enter__(self) -> _Sampler:
         self._thread.start()
@@ -550,6 +565,8 @@ class _Sampler:
             s = _sample(self.pid)
             self.samples += 1
             self.peak_processes = max(self.peak_processes, s.processes)
+            for member, peak in s.hwm.items():
+                self.hwm[member] = max(self.hwm.get(member, 0), peak)
             over = s.private - base.private
             if over + s.fd_shared - base.fd_shared > self.peak_fd:
                 self.peak_fd = over + s.fd_shared - base.fd_shared
@@ -585,11 +602,26 @@ def _project_child(spec: dict[str, Any]) -> None:
     print("RESULT " + json.dumps(out), flush=True)
 
 
-def _chat(base_url: str, model: str) -> Any:
+def _chat(base_url: str, model: str, *, own_clients: bool = False) -> Any:
+    """``ChatOpenAI`` on the scripted server.
+
+    ``own_clients``: fresh HTTP clients instead of langchain-openai's process-wide cached
+    ones. The cached async client pools keep-alive connections on the event loop that
+    opened them, so with ``--keep-alive`` a second event loop (``asyncio.run`` per run,
+    or ``invoke``'s bridge loop then ``asyncio.run(ainvoke(...))``) fails with "Event
+    loop is closed" / "bound to a different event loop".
+    """
     from langchain_openai import ChatOpenAI
     from pydantic import SecretStr
 
-    return ChatOpenAI(model=model, base_url=base_url, api_key=SecretStr("x"), max_retries=0)
+    clients: dict[str, Any] = (
+        {"http_client": httpx.Client(), "http_async_client": httpx.AsyncClient()}
+        if own_clients
+        else {}
+    )
+    return ChatOpenAI(
+        model=model, base_url=base_url, api_key=SecretStr("x"), max_retries=0, **clients
+    )
 
 
 def _measure_child(command: list[str], interval: float) -> tuple[dict[str, Any], _Sampler]:
@@ -603,7 +635,7 @@ def _measure_child(command: list[str], interval: float) -> tuple[dict[str, Any],
         cwd=HERE.parent,
         env={**os.environ, "PYTHONPATH": str(HERE.parent)},
     )
-    assert child.stdin is not None and child.stdout is not None
+    assert child.stdin is not None and child.stdout is not None and child.stderr is not None
     line = child.stdout.readline()
     if line.strip() != "READY":
         child.kill()
@@ -629,7 +661,8 @@ def _memory_row(label: str, result: dict[str, Any], sampler: _Sampler) -> None:
     host, others, shared = (value / MB for value in sampler.at_peak)
     print(
         f"{'':>8} at the peak: caller process +{host:.1f} MB, its children {others:.1f} MB, "
-        f"memfd/shm files {shared:.1f} MB"
+        f"memfd/shm files {shared:.1f} MB; sum of VmHWM - baseline RSS: "
+        f"{sampler.peak_hwm / MB:.1f} MB ({sampler.peak_hwm / size:.2f}x)"
     )
 
 
@@ -662,7 +695,7 @@ def bench_memory(server: _RemoteServer) -> None:
 
 def bench_huge(server: _RemoteServer) -> None:
     need = int(HUGE_SIZE * HUGE_HEADROOM)
-    available = _mem_available()
+    available = meminfo("MemAvailable")
     print(
         f"\n(4) a {HUGE_SIZE / 1e9:.0f} GB str context end to end (project, process sandbox, "
         f"scripted model peeks then answers); MemAvailable {available / GIB:.1f} GiB"
@@ -696,6 +729,12 @@ def main() -> None:
     parser.add_argument("what", choices=["all", *PARTS, "_project_child"])
     parser.add_argument("args", nargs="*")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--keep-alive",
+        action="store_true",
+        help="the server keeps HTTP connections open, like a real provider (default: "
+        "one connection per request, the scripted server's default); overhead rows only",
+    )
     options = parser.parse_args()
     if options.what == "_project_child":
         _project_child(json.loads(options.args[0]))
@@ -704,9 +743,15 @@ def main() -> None:
     _instrument()
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, rlms {_peer_version()}")
     print(f"load average before: {os.getloadavg()}")
-    with _server() as server:
+    print(f"server keep-alive: {options.keep_alive}")
+    with _server(options.keep_alive) as server:
         for name, part in PARTS.items():
             if options.what not in ("all", name) or (name == "huge" and options.what == "all"):
+                continue
+            if options.keep_alive and name != "overhead":
+                print(
+                    f"\n({name}: skipped with --keep-alive, which only the overhead rows support)"
+                )
                 continue
             if name in ("overhead", "fanout"):
                 part(server, options.rounds)

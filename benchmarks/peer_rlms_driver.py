@@ -35,7 +35,7 @@ try:  # openai >= 3 sends through httpx2; older releases through httpx
     import httpx2 as httpx
 except ImportError:  # pragma: no cover
     import httpx  # type: ignore[no-redef]
-from proc_stats import tree_cpu  # benchmarks/, stdlib only
+from proc_stats import inside, timed, tree_cpu  # benchmarks/, stdlib only
 from rlm import RLM
 from rlm.clients.openai import OpenAIClient
 from rlm.environments.local_repl import LocalREPL
@@ -81,13 +81,6 @@ def _instrument(root: str) -> None:
         finally:
             SPANS.model.append((start, time.perf_counter()))
 
-    def timed_send(self: Any, *args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return send(self, *args, **kwargs)
-        finally:
-            SPANS.wire.append((start, time.perf_counter()))
-
     def timed_execute(self: Any, code: str) -> Any:
         start = time.perf_counter()
         try:
@@ -96,7 +89,7 @@ def _instrument(root: str) -> None:
             SPANS.cells.append((code, time.perf_counter() - start))
 
     OpenAIClient.completion = timed_completion  # type: ignore[method-assign]
-    httpx.Client.send = timed_send  # type: ignore[method-assign]
+    httpx.Client.send = timed(send, SPANS.wire)  # type: ignore[method-assign]
     LocalREPL.execute_code = timed_execute  # type: ignore[method-assign]
 
 
@@ -116,10 +109,6 @@ def _rlm(base_url: str, root: str, **kwargs: Any) -> RLM:
     )
 
 
-def _inside(spans: list[tuple[float, float]], a: float, b: float) -> float:
-    return sum(end - start for start, end in spans if a <= start < b)
-
-
 def overhead(spec: dict[str, Any]) -> dict[str, Any]:
     """Per root-turn intervals of ``repeats`` runs of ``iterations`` turns."""
     context = _context(spec["size"])
@@ -134,8 +123,8 @@ def overhead(spec: dict[str, Any]) -> dict[str, Any]:
             continue
         for (a, cpu_a), (b, cpu_b) in zip(SPANS.starts, SPANS.starts[1:], strict=False):
             out["intervals"].append(b - a)
-            out["model"].append(_inside(SPANS.model, a, b))
-            out["wire"].append(_inside(SPANS.wire, a, b))
+            out["model"].append(inside(SPANS.model, a, b))
+            out["wire"].append(inside(SPANS.wire, a, b))
             out["cpu"].append(cpu_b - cpu_a)
     return out
 

@@ -1,10 +1,13 @@
-"""Process-tree figures from ``/proc`` (Linux), shared by ``peer_bench.py`` and the rlms
-driver (so it imports the standard library only)."""
+"""Process-tree figures from ``/proc`` (Linux) and call timers, shared by ``peer_bench.py``
+and the rlms driver (so it imports the standard library only)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 
 def children(pid: int | str = "self") -> list[int]:
@@ -34,3 +37,31 @@ def process_cpu(pid: int) -> float:
 def tree_cpu() -> float:
     """CPU seconds of this process (all threads) and its live children."""
     return time.process_time() + sum(process_cpu(pid) for pid in children())
+
+
+def timed(function: Callable[..., Any], spans: list[tuple[float, float]]) -> Callable[..., Any]:
+    """``function`` wrapped to append its ``(start, end)`` (``perf_counter``) to ``spans``."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            spans.append((start, time.perf_counter()))
+
+    return wrapper
+
+
+def inside(spans: list[tuple[float, float]], a: float, b: float) -> float:
+    """Seconds of the spans that start in ``[a, b)``."""
+    return sum(end - start for start, end in spans if a <= start < b)
+
+
+def meminfo(key: str) -> int:
+    """A ``/proc/meminfo`` field (``"Shmem"``, ``"MemAvailable"``) in bytes."""
+    with open("/proc/meminfo") as handle:
+        for line in handle:
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1]) * 1024
+    return 0

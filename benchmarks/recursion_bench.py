@@ -84,13 +84,17 @@ def _responders(kind: str) -> dict[str, Any]:
     return {"root": replies_responder(_loop_replies(), cycle=True), "bare": lambda r: "pong"}
 
 
-def _serve(conn: Any, kind: str | Callable[[], dict[str, Any]] = "fanout") -> None:
+def _serve(
+    conn: Any, kind: str | Callable[[], dict[str, Any]] = "fanout", keep_alive: bool = False
+) -> None:
     """Child process: the scripted server, so its CPU does not share the client's GIL.
 
     ``kind``: a benchmark kind of this file, or a function returning the responders.
+    ``keep_alive``: HTTP/1.1 keep-alive like a real provider (default: one connection per
+    request, see ``ScriptedOpenAIServer``).
     """
     responders = kind() if callable(kind) else _responders(kind)
-    server = ScriptedOpenAIServer(responders).start()
+    server = ScriptedOpenAIServer(responders, keep_alive=keep_alive).start()
     conn.send(server.port)
     conn.recv()
     server.close()
@@ -99,13 +103,16 @@ def _serve(conn: Any, kind: str | Callable[[], dict[str, Any]] = "fanout") -> No
 class _RemoteServer:
     """The scripted server in a forked process (a real provider is not in our process)."""
 
-    def __init__(self, kind: str | Callable[[], dict[str, Any]] = "fanout") -> None:
+    def __init__(
+        self, kind: str | Callable[[], dict[str, Any]] = "fanout", keep_alive: bool = False
+    ) -> None:
         self.kind = kind
+        self.keep_alive = keep_alive
 
     def __enter__(self) -> _RemoteServer:
         self.conn, child = multiprocessing.Pipe()
         self.process = multiprocessing.get_context("fork").Process(
-            target=_serve, args=(child, self.kind), daemon=True
+            target=_serve, args=(child, self.kind, self.keep_alive), daemon=True
         )
         self.process.start()
         self.port = self.conn.recv()
@@ -309,6 +316,8 @@ class _MeasuringSandbox:
 
     def __init__(self) -> None:
         self.inner = ProcessSandbox()
+        self.allowed_modules: tuple[str, ...] = self.inner.allowed_modules
+        """What ``import`` may load: the wrapped sandbox's list."""
         self.worker_peaks_kb: list[int] = []
 
     def start(

@@ -206,7 +206,7 @@ def _describe_str(text: str, preview_chars: int) -> dict[str, Any]:
             "delimiter": delimiter,
             "header": _cut(lines[0], 400),
             "fields": types,
-            "records": total_lines - 1 - blank_separated,
+            "records": total_lines - 1 - blank_separated - text.endswith("\n"),
             "sample": [_cut(line) for line in lines[1:] if line.strip()][:SAMPLE_RECORDS],
         }
     elif _log_share(lines) >= LOG_SHARE:

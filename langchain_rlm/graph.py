@@ -102,6 +102,8 @@ async def prepare(state: RLMState, config: RunnableConfig, runtime: Runtime[Any]
         await rt.in_session_thread(session.set_variable, "context", rt.context)
     rt.local.context_changed = False
     rt.local.outputs.clear()
+    if session is None and not rt.run.cancelled.is_set():  # boot the worker meanwhile
+        rt.start_session(SubCallRunner(rt, _child_graph).host_functions())
     description = prompts.describe_context(rt.context, rt.settings.preview_chars)
     messages: list[AnyMessage] = []
     if not state.get("messages"):

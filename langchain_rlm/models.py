@@ -33,8 +33,6 @@ retry at WARNING, each call that fails for good at ERROR.
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import functools
 import logging
 import random
 import sys
@@ -232,6 +230,8 @@ def _retry_wait(meter: UsageMeter, retry: int, first: float, error: BaseExceptio
 # -- one retry layer ---------------------------------------------------------------------
 _NO_RETRY_CLIENTS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 """OpenAI client -> the same client with ``max_retries=0`` (kept while the client lives)."""
+_BRIDGE_CLIENTS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+"""Async OpenAI client -> a copy with its own connection pool, for the bridge loop."""
 
 _OWN_RETRIES_NOTED: set[type] = set()
 """Model classes already logged as keeping their own retries."""
@@ -250,12 +250,41 @@ def _openai_chat_class() -> type | None:
 
 
 def _no_retry_client(client: Any) -> Any:
+    """``client`` with ``max_retries=0``; an async client used by a synchronous entry point
+    also gets its own HTTP connection pool (see :func:`_bridge_http_client`)."""
+    bridge = in_sync_entry() and type(client).__name__.startswith("Async")
+    cache = _BRIDGE_CLIENTS if bridge else _NO_RETRY_CLIENTS
     with _CACHE_LOCK:
-        quiet = _NO_RETRY_CLIENTS.get(client)
+        quiet = cache.get(client)
         if quiet is None:
-            quiet = client if client.max_retries == 0 else client.with_options(max_retries=0)
-            _NO_RETRY_CLIENTS[client] = quiet
+            if bridge:
+                quiet = client.with_options(max_retries=0, http_client=_bridge_http_client())
+            elif client.max_retries == 0:
+                quiet = client
+            else:
+                quiet = client.with_options(max_retries=0)
+            cache[client] = quiet
         return quiet
+
+
+_bridge_http: Any = None
+
+
+def _bridge_http_client() -> Any:
+    """The HTTP client of OpenAI calls made on the library's bridge loop (sync callers).
+
+    langchain-openai shares one async HTTP client per base URL in the process, and its
+    pooled connections belong to the event loop that first used them. Calls of a
+    synchronous ``RLM.invoke`` run on the library's long-lived bridge loop, so they use a
+    pool of their own: a caller's later ``ainvoke`` on its own loop (or an earlier one)
+    never meets a connection of another loop. Called under ``_CACHE_LOCK``.
+    """
+    global _bridge_http
+    if _bridge_http is None:
+        from openai import DefaultAsyncHttpxClient
+
+        _bridge_http = DefaultAsyncHttpxClient()
+    return _bridge_http
 
 
 def _note_own_retries(model: BaseChatModel) -> None:
@@ -337,25 +366,6 @@ def _is_final(error: BaseException, attempt: int, attempts: int) -> bool:
     return attempt >= attempts or not is_transient(error) or is_context_overflow(error)
 
 
-async def _invoke(
-    model: BaseChatModel,
-    prompt: list[BaseMessage],
-    config: RunnableConfig | None,
-    kwargs: dict[str, Any],
-) -> BaseMessage:
-    """One attempt: ``ainvoke``, or for a synchronous caller the sync API in a thread.
-
-    See :func:`~langchain_rlm.concurrency.in_sync_entry`: a sync ``RLM.invoke`` never
-    touches the provider's process-wide async client. A sync attempt cut by the run's
-    timeout stops being waited for; its request ends in its thread.
-    """
-    if not in_sync_entry():
-        return await model.ainvoke(prompt, config, **kwargs)
-    loop = asyncio.get_running_loop()
-    call = functools.partial(model.invoke, prompt, config, **kwargs)
-    return await loop.run_in_executor(None, contextvars.copy_context().run, call)
-
-
 async def acall_model(
     model: BaseChatModel,
     messages: Sequence[BaseMessage],
@@ -386,7 +396,7 @@ async def acall_model(
         deadline = asyncio.timeout(meter.seconds_left())
         try:
             async with deadline:
-                message = await _invoke(target, prompt, config, kwargs)
+                message = await target.ainvoke(prompt, config, **kwargs)
             return _settle(meter, model, message, prompt, depth, root)
         except BaseException as error:
             meter.record_failure(name, depth, root=root)

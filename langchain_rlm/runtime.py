@@ -173,14 +173,28 @@ class DepthState:
     """Whole outputs of the current query's steps by step id (the checkpoint keeps only
     what the model saw)."""
 
+    starting: concurrent.futures.Future[PythonExecutor] | None = None
+    """A session being started in :attr:`thread` (see :meth:`RLMRuntime.start_session`)."""
+
     def close(self) -> None:
-        """Stop the REPL session and its thread. Idempotent; safe from any thread."""
+        """Stop the REPL session and its thread. Idempotent; safe from any thread.
+
+        A session still starting is closed as soon as its worker is up.
+        """
         session, self.session = self.session, None
         thread, self.thread = self.thread, None
+        starting, self.starting = self.starting, None
         if session is not None:
             session.close()
+        if starting is not None:
+            starting.add_done_callback(_close_started)
         if thread is not None:
             thread.shutdown(wait=False)
+
+
+def _close_started(future: concurrent.futures.Future[PythonExecutor]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result().close()
 
 
 @dataclass(eq=False)
@@ -229,19 +243,38 @@ class RLMRuntime:
             await adispatch_custom_event("rlm_step", event, config=config)
 
     # -- the REPL session --------------------------------------------------------------
-    async def open_session(self, functions: Mapping[str, HostFunction]) -> PythonExecutor:
-        """This RLM's session, started in its own thread on first use."""
-        if self.local.session is not None:
-            return self.local.session
+    def start_session(self, functions: Mapping[str, HostFunction]) -> None:
+        """Start this RLM's session in its own thread, without waiting for it.
+
+        The graph calls it when a query opens, so the worker boots while the root model
+        writes its first reply; :meth:`open_session` then finds it ready.
+        """
+        if self.local.session is not None or self.local.starting is not None:
+            return
         self.check_open()
-        self.local.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlm-session")
-        session = await self.in_session_thread(
+        if self.local.thread is None:
+            self.local.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlm-session")
+        context = contextvars.copy_context()
+        self.local.starting = self.local.thread.submit(
+            context.run,
             self.config.sandbox.start,
             self.local.context,
             functions,
             self.settings.sandbox_limits,
         )
-        if self.run.cancelled.is_set():  # closed while the worker started
+
+    async def open_session(self, functions: Mapping[str, HostFunction]) -> PythonExecutor:
+        """This RLM's session: the one started by :meth:`start_session`, or a new one."""
+        if self.local.session is not None:
+            return self.local.session
+        self.start_session(functions)
+        starting = self.local.starting
+        assert starting is not None
+        session = await asyncio.wrap_future(starting)
+        if self.local.starting is not starting:  # closed while the worker started
+            raise RLMClosedError("the session was closed while it started")
+        self.local.starting = None
+        if self.run.cancelled.is_set():
             session.close()
             raise RLMClosedError("the run was cancelled")
         self.local.session = session

@@ -40,9 +40,15 @@ MessagesResponder = Callable[[list[BaseMessage]], str]
 """A FAKE model's reply source: ``(messages) -> reply text``."""
 
 
-def message_text(message: BaseMessage) -> str:
-    """The text of a message (``BaseMessage.text``: string content, or its text parts)."""
-    return message.text
+def message_text(message: Any) -> str:
+    """The text of a message: ``BaseMessage.text``, or the same reading of any object with
+    a ``content`` (the scripted server's wire messages)."""
+    if isinstance(message, BaseMessage):
+        return message.text
+    content = message.content
+    if isinstance(content, str):
+        return content
+    return "".join(p if isinstance(p, str) else str(p.get("text", "")) for p in content)
 
 
 @dataclass(frozen=True)

@@ -250,3 +250,8 @@ def test_delimited_rows_are_read_with_numbers_as_floats() -> None:
         "minutes": 5.0,
     }
     assert sum(r["minutes"] for r in namespace["rows"] if r["minutes"] > 20) == sum(range(21, 30))
+
+
+def test_a_trailing_newline_is_not_a_record() -> None:
+    assert describe_context(_csv(25) + "\n", PREVIEW)["records"] == 25
+    assert describe_context(_csv(25) + "\r\n", PREVIEW)["fields"]["minutes"] == "int"

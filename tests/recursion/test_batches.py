@@ -63,21 +63,20 @@ async def test_async_batches_run_on_the_callers_loop() -> None:
     assert threads == [loop_thread] * 3
 
 
-def test_sync_batches_use_the_models_sync_api_concurrently() -> None:
-    """``invoke`` runs the same async graph; its model calls use the sync API (so the
-    provider's async client is never bound to the library's loop), concurrently."""
+def test_sync_batches_run_concurrently_on_one_event_loop() -> None:
+    """``invoke`` runs the same async graph as ``ainvoke`` (on the library's bridge loop):
+    a batch is asyncio tasks on one thread, in flight together, not a pool of threads."""
     threads: list[str] = []
-    started = threading.Barrier(2, timeout=30)
 
     def sub(messages: list[BaseMessage]) -> str:
         threads.append(threading.current_thread().name)
-        started.wait()  # both items are in flight at once, or this times out
         return "ok"
 
     root = ScriptedChatModel(replies=[repl("FINAL('|'.join(llm_query_batched(['a', 'b'])))")])
-    rlm = RLM(root, ScriptedChatModel(responder=sub, model="sub"))
-    assert rlm.invoke({"query": "q", "context": "c"}).answer == "ok|ok"
-    assert len(set(threads)) == 2
+    sub_model = ScriptedChatModel(responder=sub, model="sub", latency=0.2)
+    assert RLM(root, sub_model).invoke({"query": "q", "context": "c"}).answer == "ok|ok"
+    assert len(threads) == 2 and len(set(threads)) == 1
+    assert sub_model.peak_in_flight == 2
 
 
 @pytest.mark.parametrize("entry", ["invoke", "ainvoke"])

@@ -314,3 +314,30 @@ def test_sync_and_async_calls_mix_in_one_process_over_keep_alive_connections() -
         assert RLM(server.chat_model("m")).invoke(data).finished_reason == "final"
         assert asyncio.run(RLM(server.chat_model("m")).ainvoke(data)).finished_reason == "final"
         assert RLM(server.chat_model("m")).invoke(data).finished_reason == "final"
+
+
+def test_the_worker_boots_during_the_first_root_call_and_never_leaks() -> None:
+    """The session starts when the query opens (the worker boots while the root model
+    writes); a run that ends without running code still closes that worker."""
+    booted = threading.Event()
+
+    def root_reply(messages: list[BaseMessage]) -> str:
+        booted.wait(HANG_GUARD)  # the worker was started before the first root call ended
+        return "FINAL(Paris)"
+
+    class Watching(CountingSandbox):
+        def start(self, *args: Any, **kwargs: Any) -> Any:
+            session = super().start(*args, **kwargs)
+            booted.set()
+            return session
+
+    sandbox = Watching()
+    rlm = RLM(ScriptedChatModel(responder=root_reply, model="root"), sandbox=sandbox)
+    assert rlm.invoke({"query": "capital?", "context": "c"}).answer == "Paris"
+    assert len(sandbox.sessions) == 1
+    session = sandbox.sessions[0]
+    for _ in range(int(HANG_GUARD / 0.01)):
+        if session.pid is None:
+            break
+        threading.Event().wait(0.01)
+    assert session.pid is None

@@ -15,12 +15,14 @@ from __future__ import annotations
 import ast
 import keyword
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = [
     "FinalDirective",
     "ParsedReply",
+    "cut_at_stop",
     "is_variable_reference",
     "parse_reply",
 ]
@@ -203,3 +205,15 @@ def _dedent_block(body: str) -> str:
     indents = [len(line) - len(line.lstrip()) for line in lines if line.strip()]
     common = min(indents, default=0)
     return "\n".join(line[common:] for line in lines).strip("\n")
+
+
+def cut_at_stop(text: str, stop: Sequence[str] | None) -> tuple[str, bool]:
+    """``(text cut at the earliest stop sequence, whether one was found)``.
+
+    The stop sequence itself is dropped; empty stop strings are ignored, as servers do.
+    The one copy of this cut (the scripted server and the LlamaIndex adapter use it).
+    """
+    positions = [pos for s in stop or () if s and (pos := text.find(s)) >= 0]
+    if not positions:
+        return text, False
+    return text[: min(positions)], True

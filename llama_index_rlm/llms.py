@@ -55,6 +55,8 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.llm import LLM
 from pydantic import ConfigDict, Field, model_validator
 
+from langchain_rlm.parsing import cut_at_stop
+
 __all__ = [
     "LangChainLLM",
     "LlamaIndexChatModel",
@@ -89,10 +91,7 @@ _CHAT_ROLES = {role.value: role for role in MessageRole}
 # -- helpers ----------------------------------------------------------------------------
 def apply_stop(text: str, stop: Sequence[str] | None) -> str:
     """``text`` cut at the earliest of the ``stop`` sequences (which are dropped)."""
-    if not stop:
-        return text
-    cuts = [index for s in stop if s and (index := text.find(s)) >= 0]
-    return text[: min(cuts)] if cuts else text
+    return cut_at_stop(text, stop)[0]
 
 
 def _text_of(message: BaseMessage) -> str:

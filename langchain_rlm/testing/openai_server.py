@@ -43,6 +43,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from langchain_rlm.parsing import cut_at_stop
+from langchain_rlm.usage import CHARS_PER_TOKEN, estimate_tokens
+
 if TYPE_CHECKING:
     from aiohttp import web
     from langchain_openai import ChatOpenAI
@@ -68,7 +71,6 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MODEL_NAME = "scripted"
 DEFAULT_API_KEY = "test"
 DEFAULT_CLIENT_TIMEOUT = 30.0
-CHARS_PER_TOKEN = 4
 REQUEST_QUEUE_SIZE = 1024
 """Listen backlog: a 256-wide fan-out connects all at once."""
 MAX_REQUEST_BYTES = 1 << 30
@@ -106,21 +108,8 @@ _DEFAULT_ERROR_TYPE = ("server_error", None)
 # --------------------------------------------------------------------------- helpers
 
 
-def estimate_tokens(text: str) -> int:
-    """Deterministic token estimate: ``ceil(len(text) / 4)`` (0 for the empty string)."""
-    return (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
-
-
-def apply_stop(text: str, stop: Sequence[str] | None) -> tuple[str, bool]:
-    """Cut ``text`` at the earliest occurrence of any stop sequence (exclusive).
-
-    Returns ``(text, hit)`` where ``hit`` tells whether a stop sequence was found.
-    Empty stop strings are ignored, as a real server does.
-    """
-    positions = [pos for s in stop or () if s and (pos := text.find(s)) >= 0]
-    if not positions:
-        return text, False
-    return text[: min(positions)], True
+apply_stop = cut_at_stop
+"""Cut a reply at the earliest stop sequence: ``(text, hit)`` (see ``parsing.cut_at_stop``)."""
 
 
 def _content_text(content: Any) -> str:

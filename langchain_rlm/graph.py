@@ -176,7 +176,11 @@ async def execute(state: RLMState, config: RunnableConfig, runtime: Runtime[Any]
     notes: list[str] = []
     answer: str | None = None
     computed = False
+    previous = _previous_code(state)
     for code in state.get("pending_code", []):
+        if previous is not None and code.strip() == previous:  # the same cell again
+            notes.append(prompts.repeated_code_note())
+            continue
         try:
             step, output = await _run_block(rt, code, iteration, config)
         except RLMClosedError:  # the RLM was closed while the cell ran
@@ -421,6 +425,7 @@ def _system_prompt(rt: RLMRuntime, description: dict[str, Any]) -> str:
         modules=sorted(_allowed_modules(rt)),
         tools={name: _describable(tool) for name, tool in rt.config.tools.items()},
         style=rt.settings.prompt_style,
+        description=description,
     )
 
 
@@ -505,6 +510,18 @@ async def _run_block(
         config,
     )
     return step, output
+
+
+def _previous_code(state: RLMState) -> str | None:
+    """The code of the previous turn's last cell in this query (to catch a model that
+    sends the same cell again instead of answering)."""
+    turn = state.get("repl_history", [])[state.get("turn_start", 0) :]
+    if not turn:
+        return None
+    last = turn[-1]
+    if last["iteration"] >= state.get("iteration", 0) or last["error"] is not None:
+        return None
+    return last["code"].strip()
 
 
 def _render_output(output: CodeOutput) -> str:

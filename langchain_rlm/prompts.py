@@ -561,3 +561,14 @@ def output_schema_note(error: str, schema: Mapping[str, Any]) -> str:
 def output_schema_instructions(schema: Mapping[str, Any]) -> str:
     """Appended to the first user message of a query when an output schema is set."""
     return OUTPUT_SCHEMA_INSTRUCTIONS.format(schema=json.dumps(schema, indent=1))
+
+
+REPEATED_CODE = (
+    "You sent the same code as in your previous turn, so it was not run again: its output "
+    "is above. If that output answers the query, reply FINAL(answer); otherwise write "
+    "different code."
+)
+
+
+def repeated_code_note() -> str:
+    return REPEATED_CODE

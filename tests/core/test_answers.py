@@ -72,13 +72,13 @@ def test_validation_errors_go_back_to_the_model_until_it_fixes_them() -> None:
 
 
 def test_retries_are_limited_then_the_run_ends_as_invalid_output() -> None:
-    bad = repl("FINAL({'customer': 'ACME'})")
-    rlm, root = _rlm([bad, bad, bad], output_schema=Invoice, output_retries=2)
+    bad = [repl(f"FINAL({{'customer': 'ACME{i}'}})") for i in range(3)]
+    rlm, root = _rlm(bad, output_schema=Invoice, output_retries=2)
     result = rlm.invoke({"query": "the invoice?", "context": "..."})
     assert result.output is None
     assert result.finished_reason == "invalid_output"
     assert len(root.calls) == 3
-    plain, _ = _rlm([bad] * 3, output_retries=2)
+    plain, _ = _rlm(bad, output_retries=2)
     with pytest.raises(RLMOutputError, match="invalid_output"):
         plain.with_structured_output(Invoice).invoke({"query": "q?", "context": "..."})
 
@@ -168,3 +168,17 @@ def test_samples_need_no_checkpointer() -> None:
 
     with pytest.raises(RLMInputError, match="samples"):
         RLM(ScriptedChatModel(replies=["x"]), samples=2, checkpointer=InMemorySaver())
+
+
+def test_the_same_cell_sent_again_is_not_run_and_the_model_is_told() -> None:
+    rlm, root = _rlm([repl("print(6 * 7)"), repl("print(6 * 7)"), "FINAL(42)"])
+    result = rlm.invoke({"query": "q?", "context": "..."})
+    assert result.answer == "42"
+    assert [step.code for step in result.repl_history] == ["print(6 * 7)"]
+    assert "same code as in your previous turn" in message_text(root.calls[2].messages[-1])
+
+
+def test_a_cell_that_failed_may_be_sent_again() -> None:
+    rlm, _ = _rlm([repl("print(undefined_name)"), repl("print(undefined_name)"), "FINAL(x)"])
+    result = rlm.invoke({"query": "q?", "context": "..."})
+    assert len(result.repl_history) == 2

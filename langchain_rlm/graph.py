@@ -107,7 +107,7 @@ async def prepare(state: RLMState, config: RunnableConfig, runtime: Runtime[Any]
     description = prompts.describe_context(rt.context, rt.settings.preview_chars)
     messages: list[AnyMessage] = []
     if not state.get("messages"):
-        messages.append(SystemMessage(_system_prompt(rt, description)))
+        messages.append(SystemMessage(_system_prompt(rt, description, state["query"])))
     first = prompts.first_user_message(state["query"], description)
     if rt.config.output_schema is not None:
         first += prompts.output_schema_instructions(schema_json(rt.config.output_schema))
@@ -414,7 +414,7 @@ def _annotate_run(config: RunnableConfig, **metadata: Any) -> None:
             run.extra["metadata"] = {**run.extra.get("metadata", {}), **metadata}
 
 
-def _system_prompt(rt: RLMRuntime, description: dict[str, Any]) -> str:
+def _system_prompt(rt: RLMRuntime, description: dict[str, Any], query: str) -> str:
     runner = SubCallRunner(rt)
     return prompts.render_system_prompt(
         context_type=str(description.get("type")),
@@ -426,6 +426,7 @@ def _system_prompt(rt: RLMRuntime, description: dict[str, Any]) -> str:
         tools={name: _describable(tool) for name, tool in rt.config.tools.items()},
         style=rt.settings.prompt_style,
         description=description,
+        query=query,
     )
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -236,6 +237,19 @@ print("0 selected: fix the conditions")
 ```
 """
 
+TEXT_LINES_EXAMPLE = """\
+Example for "How many lines ...?" in a text:
+User: Query: How many lines mention a timeout?
+You:
+```repl
+rows = context.splitlines()
+sel = [r for r in rows if "timeout" in r]  # one test per condition of the query
+result = len(sel)
+if sel:
+    FINAL(result)
+print("0 selected: fix the conditions")
+```"""
+
 DOCUMENTS_EXAMPLE = """\
 Example for a question about named documents:
 User: Query: Which deadline does the document 'canal-survey' give?
@@ -288,8 +302,14 @@ EXAMPLE_READ = {
 TYPE_KINDS = {"list[dict]": "records", "list[str]": "strings", "dict": "documents"}
 
 
-def small_examples(kind: str | None, sub_prompt_chars: int) -> str:
-    """The worked examples for a context of this shape (``kind`` from the description)."""
+COUNT_QUESTION = re.compile(r"^\W*(how many|count|what is the number|number of)\b", re.IGNORECASE)
+"""A question that counts: in a text, the counting example goes first (the small model
+copies the first example it sees)."""
+
+
+def small_examples(kind: str | None, sub_prompt_chars: int, query: str = "") -> str:
+    """The worked examples for a context of this shape (``kind`` from the description);
+    in a text, the first example is the one for the question's kind (count or fact)."""
     map_reduce = MAP_REDUCE_EXAMPLE.replace("{chunk}", str(chunk_chars_for(sub_prompt_chars)))
     if kind in ("delimited", "json_lines", "records"):
         fields = NESTED_ROW_FIELDS if kind == "records" else DICT_ROW_FIELDS
@@ -301,7 +321,9 @@ def small_examples(kind: str | None, sub_prompt_chars: int) -> str:
         return "\n\n".join(parts)
     if kind == "documents":
         return f"{DOCUMENTS_EXAMPLE}\n\n{map_reduce}"
-    return f"{FACT_EXAMPLE}\n\n{map_reduce}"
+    if COUNT_QUESTION.search(query):
+        return f"{TEXT_LINES_EXAMPLE}\n\n{FACT_EXAMPLE}\n\n{map_reduce}"
+    return f"{FACT_EXAMPLE}\n\n{TEXT_LINES_EXAMPLE}\n\n{map_reduce}"
 
 
 PROMPT_STYLES = ("default", "small")
@@ -391,6 +413,7 @@ def render_system_prompt(
     tools: Mapping[str, Callable[..., Any]] | None = None,
     style: str = "default",
     description: Mapping[str, Any] | None = None,
+    query: str = "",
 ) -> str:
     """The system prompt with this run's facts filled in (``style``: see :data:`PROMPT_STYLES`).
 
@@ -402,7 +425,7 @@ def render_system_prompt(
     template = SYSTEM_PROMPT_SMALL if style == "small" else SYSTEM_PROMPT
     kind = description.get("kind") if description else TYPE_KINDS.get(context_type)
     return template.format(
-        examples=small_examples(kind, sub_prompt_chars),
+        examples=small_examples(kind, sub_prompt_chars, query),
         context_type=context_type,
         max_iterations=max_iterations,
         max_output_chars=max_output_chars,

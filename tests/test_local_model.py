@@ -756,13 +756,6 @@ def test_explicit_local_chat_models_do_not_warn(
     assert [r.getMessage() for r in ours if r.levelno >= logging.WARNING] == []
 
 
-def test_compat_module_reexports_the_subpackage() -> None:
-    from langchain_rlm import local, local_model
-
-    for name in local_model.__all__:
-        assert getattr(local_model, name) is getattr(local, name)
-
-
 # ------------------------------------------------------------------------------------------
 # CLI
 # ------------------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ from benchmarks.quality.tasks import (
     size_label,
 )
 from langchain_rlm import RLM, prompts
-from langchain_rlm.local_model import MODEL_ALIAS, LocalModelServer
+from langchain_rlm.local import MODEL_ALIAS, LocalModelServer
 from langchain_rlm.prompts import DEFAULT_STOP_SEQUENCES
 
 DEFAULT_GROUPS = (

@@ -544,8 +544,8 @@ FINAL_AFTER_ERROR = (
 
 FINAL_OF_UNDEFINED = (
     "{kind}({name}) was not accepted: there is no variable named {name!r} "
-    "(defined: {names}). Compute it in code first, or answer with text in quotes: "
-    'FINAL("your answer").'
+    "(defined: {names}). Compute it in code first, or write FINAL with the answer text "
+    "itself in quotes."
 )
 
 VERIFY_ANSWER = (

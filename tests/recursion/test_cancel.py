@@ -84,3 +84,38 @@ async def test_cancel_reaches_sub_calls_of_a_child_rlm(server_factory) -> None:
     await _until(lambda: server.in_flight == 0, "the child's connections to close")
     await _until(lambda: all(process_gone(p) for p in pids), "both workers to stop")
     assert len(server.requests_for("sub")) == 3  # child root + 2 leaves, nothing after
+
+
+async def test_cancelling_aresume_aborts_its_sub_calls_and_stops_the_worker(
+    server_factory,
+) -> None:
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    server = server_factory({"root": lambda r: HANGING_CODE, "sub": lambda r: Reply.hanging()})
+    sandbox = CountingSandbox()
+    saver = InMemorySaver()
+    config = {"configurable": {"thread_id": "t"}}
+    data = {"query": "q?", "context": "c"}
+
+    def make() -> RLM:
+        return RLM(
+            server.chat_model("root"), server.chat_model("sub"), sandbox=sandbox, checkpointer=saver
+        )
+
+    first = asyncio.create_task(make().ainvoke(data, config))
+    await _until(lambda: server.in_flight == BATCH, "the first run's hanging sub-calls")
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(first, WAIT_LIMIT)
+    await _until(lambda: server.in_flight == 0, "the first run's connections to close")
+
+    resumed = asyncio.create_task(make().aresume({"context": "c"}, config))
+    await _until(lambda: server.in_flight == BATCH, "the resumed run's hanging sub-calls")
+    pid = sandbox.sessions[-1].pid
+    assert pid is not None and not process_gone(pid)
+    resumed.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(resumed, WAIT_LIMIT)
+    await _until(lambda: server.in_flight == 0, "the resumed run's connections to close")
+    await _until(lambda: process_gone(pid), "the resumed run's worker to stop")
+    assert len(server.requests_for("sub")) == 2 * BATCH

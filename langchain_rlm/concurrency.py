@@ -40,10 +40,6 @@ class TreeLimiter:
         self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]
         self._semaphores = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
-        self.in_flight = 0
-        """Lanes running right now (for tests and benchmarks)."""
-        self.peak = 0
-        """Most lanes that ran at once."""
 
     def _semaphore(self) -> asyncio.Semaphore:
         """The slots, on the running loop (one loop runs a whole tree)."""
@@ -76,11 +72,7 @@ class TreeLimiter:
                 task = asyncio.current_task()
                 assert task is not None
                 started.add(task)
-                self._enter()
-                try:
-                    await drain()
-                finally:
-                    self._leave()
+                await drain()
 
         extra = max(0, min(count, self.limit) - (1 if holds_slot else 0))
         lanes = [asyncio.ensure_future(lane()) for _ in range(extra)]
@@ -102,15 +94,6 @@ class TreeLimiter:
             ):
                 raise outcome
         return [results[index] for index in range(count)]
-
-    def _enter(self) -> None:
-        with self._lock:
-            self.in_flight += 1
-            self.peak = max(self.peak, self.in_flight)
-
-    def _leave(self) -> None:
-        with self._lock:
-            self.in_flight -= 1
 
 
 BRIDGE_THREAD_NAME = "langchain-rlm-sync-bridge"

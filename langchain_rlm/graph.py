@@ -453,8 +453,9 @@ def _with_metadata(config: RunnableConfig, rt: RLMRuntime, iteration: int) -> Ru
 
 async def _session(rt: RLMRuntime, state: RLMState) -> PythonExecutor:
     """The REPL session, started on first use; a fresh one replays the recorded cells."""
-    functions = SubCallRunner(rt, _child_graph).host_functions()
-    session = await rt.open_session(functions)
+    session = rt.local.session
+    if session is None:
+        session = await rt.open_session(SubCallRunner(rt, _child_graph).host_functions())
     history = state.get("repl_history", [])
     if not rt.local.replayed and history:
         await _replay(rt, history)
@@ -616,8 +617,10 @@ async def _call_root(
     any depth, is replayed on resume instead of bought again).
     """
     model = model_id(rt.config.root_model)
-    conversation = "\n".join(f"{m.type}:{m.text}" for m in messages)
-    key = journal_key("root", model, str(rt.depth), conversation)
+    key = ""
+    if rt.run.journal.active:  # the key hashes the whole conversation: only when needed
+        conversation = "\n".join(f"{m.type}:{m.text}" for m in messages)
+        key = journal_key("root", model, str(rt.depth), conversation)
     entry = rt.run.journal.take(key)
     if entry is not None:
         return AIMessage(content=str(entry.get("value") or ""))

@@ -131,14 +131,27 @@ class CallJournal:
         for entry in self.completed:
             self._queues[str(entry.get("key"))].append(entry)
 
+    @property
+    def active(self) -> bool:
+        """True when calls are recorded or replayed (a checkpointer, or entries to serve).
+
+        Callers compute keys only then: a run without a checkpointer pays nothing for the
+        journal. The methods below take ``""`` for "no key" and do nothing with it.
+        """
+        return self.sink is not None or bool(self.completed)
+
     def take(self, key: str) -> dict[str, Any] | None:
         """The next unused recorded entry for ``key``, or ``None`` (a miss)."""
+        if not key:
+            return None
         with self._lock:
             queue = self._queues.get(key)
             return queue.popleft() if queue else None
 
     async def start(self, key: str, usage: Mapping[str, Any] | None = None) -> str:
         """Record that a call is about to be made; returns its id for :meth:`add`."""
+        if not key or self.sink is None:
+            return ""
         call = str(uuid.uuid4())
         await self._write({"key": key, "call": call, "start": True, "usage": dict(usage or {})})
         return call
@@ -150,7 +163,7 @@ class CallJournal:
         await self._write({"key": key, "call": call, "value": value, "usage": dict(usage or {})})
 
     async def _write(self, entry: dict[str, Any]) -> None:
-        if self.sink is None or self.config is None:
+        if self.sink is None or self.config is None or not entry["key"]:
             return
         try:
             await self.sink.write(self.config, entry)

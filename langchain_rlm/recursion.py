@@ -264,8 +264,8 @@ class SubCallRunner:
         started = time.monotonic()
         try:
             self._check_can_call(prompt, kind, subset)
-            if kind == "llm_query":
-                call = functools.partial(self._leaf, record, prompt)
+            if kind == "llm_query":  # the record's hash is the prompt's: hash it once
+                call = functools.partial(self._leaf, record, prompt, digest=record["prompt_hash"])
                 trace_input: dict[str, Any] = {"prompt": prompt}
             else:
                 call = functools.partial(self._recursive, record, prompt, subset)
@@ -309,15 +309,20 @@ class SubCallRunner:
         )
 
     # -- leaf, child, tool ---------------------------------------------------------------
-    async def _leaf(self, record: SubCallRecord, prompt: str, config: RunnableConfig) -> str:
+    async def _leaf(
+        self, record: SubCallRecord, prompt: str, config: RunnableConfig, digest: str = ""
+    ) -> str:
+        """One sub-model call (``digest``: the prompt's sha256 when the caller has it)."""
         runtime = self.runtime
-        memo_key = (record["model"], prompt_hash(prompt))
+        digest = digest or prompt_hash(prompt)
+        memo_key = (record["model"], digest)
         if runtime.settings.memoize and memo_key in runtime.run.memo:
             answer = runtime.run.memo[memo_key]
             record["response"] = answer
             record["cached"] = True
             return answer
-        key = journal_key("llm_query", record["model"], prompt)
+        journal = runtime.run.journal
+        key = journal_key("llm_query", record["model"], digest) if journal.active else ""
         entry = runtime.run.journal.take(key)
         if entry is not None:  # paid before a kill: replayed, not bought again
             text = str(entry.get("value") or "")

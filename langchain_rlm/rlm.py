@@ -49,6 +49,7 @@ from langchain_rlm.state import (
     DEFAULT_MAX_OUTPUT_CHARS,
     DEFAULT_MAX_RETRIES,
     DEFAULT_OUTPUT_RETRIES,
+    RLMSettings,
 )
 from langchain_rlm.usage import ModelPrice
 
@@ -280,7 +281,7 @@ class RLM(Runnable[RLMInput, RLMResult]):
         return self.config.sub_model
 
     @property
-    def settings(self) -> Any:
+    def settings(self) -> RLMSettings:
         return self.config.settings
 
     @property

@@ -334,14 +334,10 @@ def _has_handlers(config: RunnableConfig | None) -> bool:
 
 
 def _call_session(session: PythonExecutor, code: str, seconds_left: float | None) -> CodeOutput:
+    """One cell, capped by what is left of the run's timeout (``PythonExecutor`` protocol)."""
     if seconds_left is None:
         return session(code)
-    try:
-        return session(code, timeout=max(seconds_left, 0.001))  # type: ignore[call-arg]
-    except TypeError as error:  # a user sandbox without the timeout keyword
-        if "timeout" not in str(error):
-            raise
-        return session(code)
+    return session(code, timeout=max(seconds_left, 0.001))
 
 
 def new_runtime(

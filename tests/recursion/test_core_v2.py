@@ -205,7 +205,7 @@ def test_prose_final_keeps_python_strings_with_parentheses() -> None:
 def test_a_bug_in_a_host_function_is_logged(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def broken(self: SubCallRunner, *args: Any) -> str:
+    async def broken(self: SubCallRunner, *args: Any, **kwargs: Any) -> str:
         raise ZeroDivisionError("host bug")
 
     monkeypatch.setattr(SubCallRunner, "_leaf", broken)
@@ -320,9 +320,11 @@ def test_the_worker_boots_during_the_first_root_call_and_never_leaks() -> None:
     """The session starts when the query opens (the worker boots while the root model
     writes); a run that ends without running code still closes that worker."""
     booted = threading.Event()
+    seen: list[bool] = []
 
     def root_reply(messages: list[BaseMessage]) -> str:
-        booted.wait(HANG_GUARD)  # the worker was started before the first root call ended
+        # the worker is started while this first root call is still in flight
+        seen.append(booted.wait(HANG_GUARD))
         return "FINAL(Paris)"
 
     class Watching(CountingSandbox):
@@ -334,6 +336,7 @@ def test_the_worker_boots_during_the_first_root_call_and_never_leaks() -> None:
     sandbox = Watching()
     rlm = RLM(ScriptedChatModel(responder=root_reply, model="root"), sandbox=sandbox)
     assert rlm.invoke({"query": "capital?", "context": "c"}).answer == "Paris"
+    assert seen == [True]
     assert len(sandbox.sessions) == 1
     session = sandbox.sessions[0]
     for _ in range(int(HANG_GUARD / 0.01)):
@@ -341,3 +344,29 @@ def test_the_worker_boots_during_the_first_root_call_and_never_leaks() -> None:
             break
         threading.Event().wait(0.01)
     assert session.pid is None
+
+
+async def test_depth_2_concurrency_reaches_the_tree_limit_not_the_executor_size() -> None:
+    """16 children at once under ``max_concurrency=16`` with a 4-thread default executor:
+    their root calls are all in flight together (the old core capped this at cpu + 3)."""
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(max_workers=4)
+    )
+    code = repl("r = recursive_lm_batched(['q'] * 16, [str(i) for i in range(16)])\nFINAL('ok')")
+    sub = ScriptedChatModel(responder=lambda m: "FINAL(context)", model="sub", latency=1.0)
+    root = ScriptedChatModel(replies=[code], model="root")
+    result = await asyncio.wait_for(
+        RLM(root, sub, max_depth=2, max_concurrency=16).ainvoke({"query": "q?", "context": "c"}),
+        HANG_GUARD,
+    )
+    assert result.answer == "ok"
+    assert sub.peak_in_flight == 16
+
+
+@pytest.mark.timeout(120)  # a hang guard: before, the cell ran to cell_timeout (600 s)
+def test_the_run_timeout_caps_a_running_cell() -> None:
+    root = ScriptedChatModel(replies=[repl("while True:\n    pass")], model="root")
+    rlm = RLM(root, timeout=1.0, cell_timeout=600)
+    result = rlm.invoke({"query": "q?", "context": "c"})
+    assert result.finished_reason == "timeout"
+    assert "TimeoutError" in (result.repl_history[0].error or "")

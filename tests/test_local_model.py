@@ -47,6 +47,7 @@ from langchain_rlm.local.files import (
 )
 from langchain_rlm.local.gguf import GGUFError, read_gguf_header
 from langchain_rlm.local.server import LocalModelServer
+from tests.conftest import process_alive
 
 FAKE_VERSION = "1.0"
 FAKE_ARCH = "fakearch"
@@ -433,17 +434,7 @@ def fake_llama(tmp_path: Path, monkeypatch) -> Path:
     return tmp_path
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0); it is gone for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
+_alive = process_alive
 
 
 def _wait_gone(pid: int, timeout: float = 10.0) -> bool:

@@ -6,10 +6,8 @@ scripted loopback server (``ScriptedOpenAIServer``): replies are canned, not gen
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +18,7 @@ from langchain_rlm.sandbox.process import ProcessSandbox
 from langchain_rlm.testing import ScriptedOpenAIServer
 from langchain_rlm.testing.fake_models import message_text
 from langchain_rlm.testing.openai_server import ChatRequest, Reply
+from tests.conftest import process_alive
 
 FAST_LATENCY = 0.05
 """Seconds of scripted latency where a test needs calls to overlap."""
@@ -50,16 +49,7 @@ def turns_taken(messages: list[BaseMessage]) -> int:
 
 def process_gone(pid: int) -> bool:
     """True when ``pid`` no longer runs (gone, or a zombie awaiting its reaper)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        state = stat.read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state in ("Z", "X")
+    return not process_alive(pid)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from langchain_rlm.sandbox import HostFunctionError, ProcessSandbox, SandboxLimits
+from tests.conftest import process_alive
 
 TEST_LIMITS = SandboxLimits(
     cell_timeout=2.0,
@@ -81,17 +82,8 @@ def _closing_session() -> Iterator[Any]:
     assert not [pid for pid in pids if alive(pid)]
 
 
-def alive(pid: int) -> bool:
-    """Whether ``pid`` is a live (not zombie) process."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
+alive = process_alive
+"""Whether ``pid`` is a live (not zombie) process."""
 
 
 def descendants(pid: int) -> list[int]:

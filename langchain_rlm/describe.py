@@ -42,6 +42,7 @@ __all__ = [
     "describe_context",
     "first_step",
     "format_description",
+    "is_header",
     "read_hint",
 ]
 
@@ -130,7 +131,7 @@ def _json_objects(lines: Sequence[str]) -> list[dict[str, Any]] | None:
     return None
 
 
-def _is_header(fields: Sequence[str]) -> bool:
+def is_header(fields: Sequence[str]) -> bool:
     """A header row: distinct, non-numeric, short names (a few words, no sentence end)."""
     names = [field.strip() for field in fields]
     return (
@@ -194,7 +195,7 @@ def _describe_str(text: str, preview_chars: int) -> dict[str, Any]:
             "fields": _field_types(objects),
             "sample": [_cut(line) for line in lines if line.strip()][:SAMPLE_RECORDS],
         }
-    elif delimiter is not None and _is_header(lines[0].split(delimiter)):
+    elif delimiter is not None and is_header(lines[0].split(delimiter)):
         header = lines[0].split(delimiter)
         data = [line.split(delimiter) for line in lines[1:] if line.strip()]
         types = {
@@ -460,7 +461,7 @@ def read_hint(description: Mapping[str, Any]) -> str | None:
             "if line.strip()]"
         )
     if kind == "log_lines":
-        return "rows = context.splitlines()  # each row is one line (a str): test it with `in`"
+        return "import re; rows = context.splitlines()  # each row is one line (a str)"
     if kind == "records":
         nested = next((name for name in description.get("fields") or {} if "." in name), None)
         example = (

@@ -35,7 +35,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Literal, cast
 
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemMessage
@@ -50,6 +50,7 @@ from langgraph.runtime import Runtime
 from langchain_rlm import prompts
 from langchain_rlm.answers import is_supported, parse_structured, schema_json
 from langchain_rlm.concurrency import run_sync
+from langchain_rlm.grounding import ground_query
 from langchain_rlm.journal import journal_key
 from langchain_rlm.models import ModelCallError, acall_model, model_id
 from langchain_rlm.parsing import is_variable_reference, parse_reply
@@ -70,6 +71,13 @@ FALLBACK_OUTPUT_CHARS = 2_000
 """Characters of the last REPL output used as a last-resort answer."""
 
 ROOT_OVERFLOW = "context_overflow"
+STALLED = "stalled"
+"""The root model sent the cell it had already run a third time in a row."""
+FINALIZE_REASONS = {
+    "max_iterations": "You have used all your turns.",
+    STALLED: "You sent the same code three times.",
+}
+"""Reasons that get one finalizing turn (the others stop at once), with what it says."""
 """``finished_reason`` when the root conversation outgrew the root model's window (a
 provider's 400 ``context_length_exceeded`` after the first turn): the run ends with the
 best answer the REPL holds instead of crashing."""
@@ -105,10 +113,11 @@ async def prepare(state: RLMState, config: RunnableConfig, runtime: Runtime[Any]
     if session is None and not rt.run.cancelled.is_set():  # boot the worker meanwhile
         rt.start_session(SubCallRunner(rt, _child_graph).host_functions())
     description = prompts.describe_context(rt.context, rt.settings.preview_chars)
+    hints = ground_query(state["query"], rt.context, description)
     messages: list[AnyMessage] = []
     if not state.get("messages"):
-        messages.append(SystemMessage(_system_prompt(rt, description, state["query"])))
-    first = prompts.first_user_message(state["query"], description)
+        messages.append(SystemMessage(_system_prompt(rt, description, state["query"], hints)))
+    first = prompts.first_user_message(state["query"], description, hints)
     if rt.config.output_schema is not None:
         first += prompts.output_schema_instructions(schema_json(rt.config.output_schema))
     messages.append(HumanMessage(first))
@@ -176,10 +185,10 @@ async def execute(state: RLMState, config: RunnableConfig, runtime: Runtime[Any]
     notes: list[str] = []
     answer: str | None = None
     computed = False
-    previous = _previous_code(state)
+    previous = _previous_step(state)
     for code in state.get("pending_code", []):
-        if previous is not None and code.strip() == previous:  # the same cell again
-            notes.append(prompts.repeated_code_note())
+        if previous is not None and code.strip() == previous["code"].strip():  # sent again
+            notes.append(prompts.repeated_code_note(previous["stdout"]))
             continue
         try:
             step, output = await _run_block(rt, code, iteration, config)
@@ -192,6 +201,9 @@ async def execute(state: RLMState, config: RunnableConfig, runtime: Runtime[Any]
             }
         steps.append(step)
         outputs.append(_render_output(output))
+        hint = prompts.error_hint(output.error, state.get("context_description") or {})
+        if hint:
+            notes.append(hint)
         if output.restarted:
             notes.append(RESTART_NOTE)
         if step["final_answer"] is not None:
@@ -210,6 +222,8 @@ async def execute(state: RLMState, config: RunnableConfig, runtime: Runtime[Any]
         "pending_final": None,
         "usage": rt.meter.snapshot(),
     }
+    if answer is None and not steps and _stalled(previous, iteration, state):
+        update["finished_reason"] = STALLED  # the same cell a third time: finalize
     if answer is not None:
         verdict, note = _check_answer(rt, state, answer, computed=computed, steps=steps)
         update |= verdict
@@ -263,8 +277,8 @@ async def finalize(
     if rt.settings.strict:
         raise RLMLimitError(reason, f"the RLM stopped without an answer: {reason}")
     logger.info("depth %d stops without FINAL: %s", rt.depth, reason)
-    if reason == "max_iterations" and rt.meter.exceeded is None:
-        request = prompts.finalize_prompt(state["query"], "You have used all your turns.")
+    if reason in FINALIZE_REASONS and rt.meter.exceeded is None:
+        request = prompts.finalize_prompt(state["query"], FINALIZE_REASONS[reason])
         return {
             "finalizing": True,
             "finalize_start": len(state.get("repl_history", [])),
@@ -414,7 +428,9 @@ def _annotate_run(config: RunnableConfig, **metadata: Any) -> None:
             run.extra["metadata"] = {**run.extra.get("metadata", {}), **metadata}
 
 
-def _system_prompt(rt: RLMRuntime, description: dict[str, Any], query: str) -> str:
+def _system_prompt(
+    rt: RLMRuntime, description: dict[str, Any], query: str, hints: Sequence[str] = ()
+) -> str:
     runner = SubCallRunner(rt)
     return prompts.render_system_prompt(
         context_type=str(description.get("type")),
@@ -427,6 +443,7 @@ def _system_prompt(rt: RLMRuntime, description: dict[str, Any], query: str) -> s
         style=rt.settings.prompt_style,
         description=description,
         query=query,
+        hints=hints,
     )
 
 
@@ -514,16 +531,26 @@ async def _run_block(
     return step, output
 
 
-def _previous_code(state: RLMState) -> str | None:
-    """The code of the previous turn's last cell in this query (to catch a model that
-    sends the same cell again instead of answering)."""
+def _stalled(previous: ReplStepRecord | None, iteration: int, state: RLMState) -> bool:
+    """This turn and the one before only resent ``previous`` (nothing new ran since)."""
+    return (
+        previous is not None
+        and bool(state.get("pending_code"))
+        and previous["iteration"] < iteration - 1
+        and not state.get("finalizing")
+    )
+
+
+def _previous_step(state: RLMState) -> ReplStepRecord | None:
+    """The previous turn's last cell in this query, if it ran cleanly (to catch a model
+    that sends the same cell again instead of answering)."""
     turn = state.get("repl_history", [])[state.get("turn_start", 0) :]
     if not turn:
         return None
     last = turn[-1]
     if last["iteration"] >= state.get("iteration", 0) or last["error"] is not None:
         return None
-    return last["code"].strip()
+    return last
 
 
 def _render_output(output: CodeOutput) -> str:

@@ -32,7 +32,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from langchain_rlm import describe
+from langchain_rlm import describe, grounding
 
 __all__ = [
     "DEFAULT_PREVIEW_CHARS",
@@ -170,43 +170,84 @@ User: REPL output:
 You:
 FINAL(Turin)"""
 
-RECORDS_EXAMPLE = """\
-Example for "How many ...?", "What is the total / average ...?" over the records:
-User: Query: What is the total weight of the parcels sent to Oslo?
+RECORDS_QUESTIONS = {
+    "count": ("How many parcels were sent to Oslo by air?", "", "result = len(sel)"),
+    "distinct": (
+        "How many different cities received parcels by air?",
+        "values = [{city} for r in sel]",
+        "result = len(set(values))",
+    ),
+    "total": (
+        "What is the total weight of the parcels sent to Oslo?",
+        "values = [float({weight}) for r in sel]",
+        "result = sum(values)",
+    ),
+    "average": (
+        "What is the average weight of the parcels sent to Oslo?",
+        "values = [float({weight}) for r in sel]",
+        "result = round(sum(values) / len(values), 2)",
+    ),
+    "most_often": (
+        "Which city received the most parcels by air?",
+        "values = [{city} for r in sel]",
+        "result = Counter(values).most_common(1)[0][0]",
+    ),
+    "least_often": (
+        "Which city received the fewest parcels by air?",
+        "values = [{city} for r in sel]",
+        "result = Counter(values).most_common()[-1][0]",
+    ),
+    "highest": (
+        "Which parcel sent to Oslo is the heaviest? Give its id.",
+        "best = max(sel, key=lambda r: float({weight}))",
+        "result = {id}",
+    ),
+    "lowest": (
+        "Which parcel sent to Oslo is the lightest? Give its id.",
+        "best = min(sel, key=lambda r: float({weight}))",
+        "result = {id}",
+    ),
+}
+"""One worked question per operation (:data:`langchain_rlm.grounding.OPERATIONS`): what
+to compute from the selected rows. The small model copies the operation of the first
+example it sees (it answered "which page most often" with ``len(set(...))``, the example
+before it), so the example for the question's operation comes first."""
+RECORDS_CONDITIONS = {
+    "count": '{city} == "Oslo" and {transport} == "air"',
+    "distinct": '{transport} == "air"',
+    "most_often": '{transport} == "air"',
+    "least_often": '{transport} == "air"',
+}
+RECORDS_TEMPLATE = """\
+Example for "{question}" over the records:
+User: Query: {question}
 You:
 ```repl
-{read}
-sel = [r for r in rows if {city} == "Oslo"]  # one test per condition of the query
-result = sum(float({weight}) for r in sel)
-if sel:
-    FINAL(result)
-print("0 selected: fix the conditions")
-```
-
-Example for "How many different ...?" over the records:
-User: Query: How many different cities received parcels by air?
-You:
-```repl
-{read}
-sel = [r for r in rows if {transport} == "air"]
-result = len(set({city} for r in sel))
-if sel:
-    FINAL(result)
-print("0 selected: fix the conditions")
-```
-
-Example for "Which ... most often?" over the records:
-User: Query: Which city received the most parcels by air?
-You:
-```repl
-{read}
-from collections import Counter
-sel = [r for r in rows if {transport} == "air"]
-result = Counter({city} for r in sel).most_common(1)[0][0]
+{read}{imports}
+sel = [r for r in rows if {conditions}]  # one test per condition of the query{values}
+{result}
 if sel:
     FINAL(result)
 print("0 selected: fix the conditions")
 ```"""
+FALLBACK_OPERATION = "total"
+"""The records example shown when the question's wording names no operation."""
+
+
+def records_example(operation: str, read: str, fields: Mapping[str, str]) -> str:
+    """The worked records example for ``operation``, reading rows with ``read``."""
+    question, values, result = RECORDS_QUESTIONS[operation]
+    conditions = RECORDS_CONDITIONS.get(operation, '{city} == "Oslo"')
+    text = RECORDS_TEMPLATE.format(
+        question=question,
+        read=read,
+        imports="\nfrom collections import Counter" if "Counter" in result else "",
+        conditions=conditions,
+        values=f"\n{values}" if values else "",
+        result=result.replace("{id}", 'best["id"]'),
+    )
+    return text.format(**fields)
+
 
 LINES_EXAMPLE = """\
 Example for "How many ...?" over the lines:
@@ -259,15 +300,27 @@ import re
 text = context["canal-survey"]
 hits = re.findall(r"[^.]*deadline[^.]*", text, re.IGNORECASE)
 print(hits[:5])
+if len(hits) == 1:
+    FINAL(hits[0].strip())
 ```
-User: REPL output:
-```
-['The deadline of the survey is the end of May']
-```
-You:
-FINAL(the end of May)
 To find which document says something: \
 `hits = [key for key, text in context.items() if "some words" in text]`."""
+"""The sentence that holds the answer is the answer when it is the only one: the 0.5B model
+resent this cell instead of answering from its output (a two-turn example), until the
+finalizing turn."""
+
+FIND_DOCUMENT_EXAMPLE = """\
+Example for "Which document ...?":
+User: Query: Which document says that the old bridge was closed?
+You:
+```repl
+hits = [key for key, text in context.items() if "bridge was closed" in text]
+print(hits)
+if len(hits) == 1:
+    FINAL(hits[0])
+```"""
+"""First for a question that names no document key: the 0.5B model copied the named-document
+example's key (``context["canal-survey"]``, a ``KeyError``) six turns in a row."""
 
 COMPUTE_HINTS = """\
 Other answers: average: `sum(...) / len(sel)`; least often: \
@@ -296,7 +349,7 @@ EXAMPLE_READ = {
     "json_lines": "import json; rows = [json.loads(line) for line in context.splitlines() "
     "if line.strip()]",
     "records": "rows = context",
-    "log_lines": "rows = context.splitlines()",
+    "log_lines": "import re; rows = context.splitlines()",
     "strings": "rows = context",
 }
 TYPE_KINDS = {"list[dict]": "records", "list[str]": "strings", "dict": "documents"}
@@ -307,20 +360,30 @@ COUNT_QUESTION = re.compile(r"^\W*(how many|count|what is the number|number of)\
 copies the first example it sees)."""
 
 
-def small_examples(kind: str | None, sub_prompt_chars: int, query: str = "") -> str:
+def small_examples(
+    kind: str | None, sub_prompt_chars: int, query: str = "", hints: Sequence[str] = ()
+) -> str:
     """The worked examples for a context of this shape (``kind`` from the description);
-    in a text, the first example is the one for the question's kind (count or fact)."""
+    first the one for the question's kind: its operation for rows, count or fact in a text,
+    a named document or a search over documents (``hints`` from
+    :func:`langchain_rlm.grounding.ground_query`)."""
     map_reduce = MAP_REDUCE_EXAMPLE.replace("{chunk}", str(chunk_chars_for(sub_prompt_chars)))
+    operation = grounding.question_operation(query)
     if kind in ("delimited", "json_lines", "records"):
         fields = NESTED_ROW_FIELDS if kind == "records" else DICT_ROW_FIELDS
-        example = RECORDS_EXAMPLE.format(read=EXAMPLE_READ[kind], **fields)
-        return f"{example}\n\n{COMPUTE_HINTS}"
+        first = records_example(operation or FALLBACK_OPERATION, EXAMPLE_READ[kind], fields)
+        return f"{first}\n\n{COMPUTE_HINTS}"
     if kind in ("log_lines", "strings"):
         example = LINES_EXAMPLE.replace("{read}", EXAMPLE_READ[kind])
+        if operation not in (None, "count"):  # the example that extracts values first
+            head, _, tail = example.partition("\n\nExample for ")
+            example = f"Example for {tail.strip()}\n\n{head}"
         parts = [example, COMPUTE_HINTS] + ([map_reduce] if kind == "strings" else [])
         return "\n\n".join(parts)
     if kind == "documents":
-        return f"{DOCUMENTS_EXAMPLE}\n\n{map_reduce}"
+        if any(hint.startswith(grounding.DOCUMENT_NAMED) for hint in hints):
+            return f"{DOCUMENTS_EXAMPLE}\n\n{map_reduce}"
+        return f"{FIND_DOCUMENT_EXAMPLE}\n\n{DOCUMENTS_EXAMPLE}\n\n{map_reduce}"
     if COUNT_QUESTION.search(query):
         return f"{TEXT_LINES_EXAMPLE}\n\n{FACT_EXAMPLE}\n\n{map_reduce}"
     return f"{FACT_EXAMPLE}\n\n{TEXT_LINES_EXAMPLE}\n\n{map_reduce}"
@@ -352,7 +415,7 @@ Query: {query}
 
 The context is loaded as `context`:
 {description}
-
+{hints}
 {next_step} Do not answer before you have seen the relevant parts.
 Query: {query}
 Reply with a ```repl block.\
@@ -375,7 +438,7 @@ FINAL(answer) if you are done.{budget}\
 
 FINALIZE_PROMPT = """\
 {reason} Based on everything above, give your best final answer to the query now: \
-"{query}". Reply with FINAL(your answer) and nothing else.\
+"{query}". Reply with FINAL(...) around the answer itself, and nothing else.\
 """
 
 NEXT_STEP_HINT = (
@@ -414,6 +477,7 @@ def render_system_prompt(
     style: str = "default",
     description: Mapping[str, Any] | None = None,
     query: str = "",
+    hints: Sequence[str] = (),
 ) -> str:
     """The system prompt with this run's facts filled in (``style``: see :data:`PROMPT_STYLES`).
 
@@ -425,7 +489,7 @@ def render_system_prompt(
     template = SYSTEM_PROMPT_SMALL if style == "small" else SYSTEM_PROMPT
     kind = description.get("kind") if description else TYPE_KINDS.get(context_type)
     return template.format(
-        examples=small_examples(kind, sub_prompt_chars, query),
+        examples=small_examples(kind, sub_prompt_chars, query, hints),
         context_type=context_type,
         max_iterations=max_iterations,
         max_output_chars=max_output_chars,
@@ -451,11 +515,28 @@ def format_description(description: Mapping[str, Any]) -> str:
     return describe.format_description(description)
 
 
-def first_user_message(query: str, description: Mapping[str, Any]) -> str:
-    """The query, the context's description and the first step suited to its shape."""
+QUERY_HINTS_HEADER = "What the query's words are in the data:"
+QUERY_DRAFT_HEADER = "A draft of the code from the query's words (check it against the data):"
+
+
+def _render_hints(hints: Sequence[str], kind: Any) -> str:
+    """Document hints as a list; for rows, the draft's code lines indented."""
+    if not hints:
+        return ""
+    if kind == "documents":
+        return f"\n{QUERY_HINTS_HEADER}" + "".join(f"\n- {hint}" for hint in hints) + "\n"
+    return f"\n{QUERY_DRAFT_HEADER}" + "".join(f"\n    {hint}" for hint in hints) + "\n"
+
+
+def first_user_message(
+    query: str, description: Mapping[str, Any], hints: Sequence[str] = ()
+) -> str:
+    """The query, the context's description, the query's grounding
+    (:func:`langchain_rlm.grounding.ground_query`) and the first step suited to the shape."""
     return FIRST_USER_MESSAGE.format(
         query=query,
         description=format_description(description),
+        hints=_render_hints(hints, description.get("kind")),
         next_step=describe.first_step(description),
     )
 
@@ -587,11 +668,72 @@ def output_schema_instructions(schema: Mapping[str, Any]) -> str:
 
 
 REPEATED_CODE = (
-    "You sent the same code as in your previous turn, so it was not run again: its output "
-    "is above. If that output answers the query, reply FINAL(answer); otherwise write "
-    "different code."
+    "You sent the same code as in your previous turn, so it was not run again. Its output "
+    "was:\n```\n{output}\n```\nIf that output answers the query, reply FINAL(answer) with "
+    "the answer itself; otherwise write different code."
 )
+"""The 0.5B model resent a cell whose output held the answer, turn after turn; the output
+is shown again here. A third copy in a row ends the turns (``finished_reason="stalled"``)
+and the finalizing turn asks for the answer."""
 
 
-def repeated_code_note() -> str:
-    return REPEATED_CODE
+def repeated_code_note(output: str) -> str:
+    return REPEATED_CODE.format(output=output.strip() or "(nothing printed)")
+
+
+ERROR_HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"NameError: name '(Final|final)' is not defined"), "Write FINAL in capitals."),
+    (
+        re.compile(r"NameError: name 'Counter' is not defined"),
+        "Add `from collections import Counter` to your code.",
+    ),
+    (
+        re.compile(r"NameError: name '(re|json|math|statistics|collections)' is not defined"),
+        "Add `import {0}` to your code.",
+    ),
+    (
+        re.compile(r"'list' object has no attribute '(splitlines|split|lower)'"),
+        "`context` (or that variable) is already a list: loop over its items.",
+    ),
+    (
+        re.compile(r"'NoneType' object (has no attribute 'group'|is not subscriptable)"),
+        "re.search found no match in some rows: keep only the rows where it matches.",
+    ),
+    (
+        re.compile(r"not supported between instances of '(str|int|float)' and '(str|int|float)'"),
+        "Some values are text: convert them with float(...) before comparing.",
+    ),
+    (
+        re.compile(r"(max|min)\(\) (arg|iterable argument) is an empty sequence|ZeroDivisionError"),
+        "No row was selected: check each condition against the sample records.",
+    ),
+)
+"""Generic explanations of errors the small model could not read on its own (it resent
+the failing cell unchanged): one line, added after the error in the REPL output message."""
+MAX_LISTED_NAMES = 12
+
+
+def error_hint(error: str | None, description: Mapping[str, Any]) -> str | None:
+    """A one-line explanation of a common error, with the fix (or ``None``)."""
+    if not error:
+        return None
+    key = re.search(r"KeyError: ['\"]?([^'\"\n]*)", error)
+    if key:
+        return _key_error_hint(key.group(1), description)
+    for pattern, hint in ERROR_HINTS:
+        match = pattern.search(error)
+        if match:
+            return hint.format(*match.groups())
+    return None
+
+
+def _key_error_hint(key: str, description: Mapping[str, Any]) -> str:
+    fields = description.get("fields")
+    if isinstance(fields, Mapping) and fields:
+        names = ", ".join(list(fields)[:MAX_LISTED_NAMES])
+        return f"{key!r} is not a field of the rows; their fields are: {names}."
+    keys = description.get("first_keys")
+    if isinstance(keys, Sequence) and keys:
+        names = ", ".join(repr(name) for name in list(keys)[:MAX_LISTED_NAMES])
+        return f"{key!r} is not a key of `context`; its keys include: {names}."
+    return f"{key!r} is not a key there: print the keys first."

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from typing_extensions import TypedDict
 
 from langchain_rlm.answers import OutputSchema, normalize_answer
-from langchain_rlm.concurrency import run_sync
+from langchain_rlm.concurrency import run_sync, stream_in_thread
 from langchain_rlm.context import normalize_context
 from langchain_rlm.events import AnswerEvent, RLMEvent, to_event
 from langchain_rlm.graph import build_rlm_graph
@@ -330,17 +330,26 @@ class RLM(Runnable[RLMInput, RLMResult]):
     def stream(  # type: ignore[override]
         self, input: Mapping[str, Any], config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[RLMEvent]:
-        """Yield step events as they happen; the last is an AnswerEvent with the result."""
+        """Yield step events as they happen; the last is an AnswerEvent with the result.
+
+        The graph's sync ``stream`` (sync checkpointers such as ``SqliteSaver`` work) runs
+        in a helper thread (:func:`~langchain_rlm.concurrency.stream_in_thread`): Ctrl-C,
+        or leaving the loop early, cancels the run (its requests are aborted, its workers
+        closed) and propagates once the cancellation has finished.
+        """
         call = self._start(input, config)
         state: dict[str, Any] = {}
         with self._running(call):
-            for mode, chunk in self.graph.stream(
-                call.graph_input,
-                call.config,
-                context=call.runtime,
-                stream_mode=STREAM_MODES,
-                durability=self._durability,
-            ):
+            chunks = stream_in_thread(
+                lambda: self.graph.stream(
+                    call.graph_input,
+                    call.config,
+                    context=call.runtime,
+                    stream_mode=STREAM_MODES,
+                    durability=self._durability,
+                )
+            )
+            for mode, chunk in chunks:
                 if mode == "values":
                     state = cast(dict[str, Any], chunk)
                 elif _forward(chunk):

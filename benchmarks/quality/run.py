@@ -59,6 +59,7 @@ from benchmarks.quality.tasks import (
 )
 from langchain_rlm import RLM, prompts
 from langchain_rlm.local import MODEL_ALIAS, LocalModelServer
+from langchain_rlm.local.files import DEFAULT_MODEL, MODELS
 from langchain_rlm.prompts import DEFAULT_STOP_SEQUENCES
 
 DEFAULT_GROUPS = (
@@ -92,6 +93,47 @@ TOKENIZE_PROBE_FACTOR = 6
 
 DIRECT_SYSTEM = "You answer questions about a text. Reply with the answer only."
 DIRECT_USER = "Text:\n{context}\n\nQuestion: {query}"
+
+
+# -- ablations ---------------------------------------------------------------------------------
+
+
+def _no_grounding() -> None:
+    """No draft of the code from the query's words (nor its choice of examples)."""
+    from langchain_rlm import graph
+
+    graph.ground_query = lambda query, context, description: []  # type: ignore[assignment]
+
+
+def _no_error_hints() -> None:
+    """No one-line explanation after an error."""
+    prompts.error_hint = lambda error, description: None  # type: ignore[assignment]
+
+
+def _no_operation_examples() -> None:
+    """The records example of a total whatever the question asks (no choice by operation)."""
+    from langchain_rlm import grounding
+
+    original = prompts.small_examples
+
+    def small_examples(kind: Any, sub_prompt_chars: int, query: str = "", hints: Any = ()) -> str:
+        saved, grounding.question_operation = grounding.question_operation, lambda q: None
+        try:
+            return original(kind, sub_prompt_chars, query, hints)
+        finally:
+            grounding.question_operation = saved
+
+    prompts.small_examples = small_examples  # type: ignore[assignment]
+
+
+ABLATIONS = {
+    "grounding": _no_grounding,
+    "error-hints": _no_error_hints,
+    "operation-examples": _no_operation_examples,
+}
+"""Mechanisms of issue 13 that ``--ablate`` turns off (monkeypatched for this process; the
+answer guard is ``--rlm-kwargs '{"verify_answers": false}'``, self-consistency
+``'{"samples": 3}'``)."""
 
 
 # -- task execution ---------------------------------------------------------------------------
@@ -435,6 +477,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="experiment hook: a file replacing prompts.SYSTEM_PROMPT_SMALL for this run",
     )
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL.alias,
+        choices=sorted(MODELS),
+        help="the embedded model to serve (default %(default)s)",
+    )
+    parser.add_argument(
+        "--ablate",
+        nargs="+",
+        default=[],
+        choices=sorted(ABLATIONS),
+        help="turn mechanisms off for this run (the ablation rows of RESULTS.md)",
+    )
     parser.add_argument("--n-ctx", type=int, default=DEFAULT_N_CTX, help="server window")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSONL of results")
     parser.add_argument("--rerun", action="store_true", help="ignore finished tasks in --out")
@@ -480,7 +535,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not todo:
         print(render_table(load_records(args.out), [args.variant]))
         return 0
-    with LocalModelServer(n_ctx=args.n_ctx) as server:
+    for name in args.ablate:
+        ABLATIONS[name]()
+    with LocalModelServer(n_ctx=args.n_ctx, spec=MODELS[args.model]) as server:
         print(f"server up in {server.startup_seconds:.1f} s (n_ctx {args.n_ctx})", flush=True)
         chat = server.chat_model(max_tokens=args.root_max_tokens, seed=seed)
         direct = DirectPrompter(server, server.chat_model(seed=seed), args.n_ctx)
@@ -501,6 +558,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "prompt_rev": args.prompt_rev,
                     "rlm_kwargs": args.rlm_kwargs,
                     "n_ctx": args.n_ctx,
+                    "model": args.model,
+                    "ablate": args.ablate,
                     "seed": seed,
                     "load_average": os.getloadavg()[0],
                 },

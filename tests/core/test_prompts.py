@@ -112,8 +112,9 @@ def test_small_style_first_example_suits_the_shape_of_the_context() -> None:
     assert first["csv"].startswith("fields = context.splitlines()[0].split(',')")
     assert first["records"].startswith("rows = context\n")
     assert 'r["metadata"]' in first["records"]
-    assert first["log"].startswith("rows = context.splitlines()\n")
-    assert first["docs"].startswith("import re\ntext = context[")
+    assert first["log"].startswith("import re; rows = context.splitlines()\n")
+    # no document key named in the query: the search over the documents comes first
+    assert first["docs"].startswith("hits = [key for key, text in context.items()")
     assert "never call `.splitlines()` on it" in _render("small", context=RECORDS)
 
 

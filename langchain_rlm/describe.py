@@ -43,6 +43,7 @@ __all__ = [
     "first_step",
     "format_description",
     "is_header",
+    "json_objects",
     "read_hint",
 ]
 
@@ -116,16 +117,22 @@ def _delimiter(lines: Sequence[str]) -> str | None:
     return None
 
 
-def _json_objects(lines: Sequence[str]) -> list[dict[str, Any]] | None:
-    rows = [line for line in lines if line.strip()]
+def json_objects(lines: Iterable[str]) -> list[dict[str, Any]]:
+    """The lines that are JSON objects, parsed (the others skipped)."""
     objects = []
-    for line in rows:
+    for line in lines:
         try:
             value = json.loads(line)
         except ValueError:
             continue
         if isinstance(value, dict):
             objects.append(value)
+    return objects
+
+
+def _json_objects(lines: Sequence[str]) -> list[dict[str, Any]] | None:
+    rows = [line for line in lines if line.strip()]
+    objects = json_objects(rows)
     if rows and len(objects) >= JSON_SHARE * len(rows) and len(objects) >= 2:
         return objects
     return None
@@ -522,9 +529,19 @@ DOCUMENTS_STEP = (
 TEXT_STEP = "Start by searching the text for the key words of the query."
 
 
-def first_step(description: Mapping[str, Any]) -> str:
-    """The first step that suits the described shape (generic: never about the query)."""
+MEANING_STEP = (
+    "If key words cannot find what the query asks, ask a sub-model about every chunk of the "
+    "texts with llm_query_batched (the query in each prompt), then answer from the replies."
+)
+
+
+def first_step(description: Mapping[str, Any], operation: str | None = "") -> str:
+    """The first step that suits the described shape; a list of texts with a question
+    that computes nothing (``operation`` ``None``, see
+    :func:`langchain_rlm.grounding.question_operation`) gets the map-reduce step."""
     kind = description.get("kind")
+    if kind == "strings" and operation is None:
+        return MEANING_STEP
     if kind in RECORD_KINDS:
         return SELECT_STEP.format(read=read_hint(description))
     if kind == "documents":

@@ -24,13 +24,14 @@ a phrase was found in. Every hint is bounded (:data:`MAX_HINTS`) and the scan re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from langchain_rlm.describe import is_header
+from langchain_rlm.describe import is_header, json_objects
 
 __all__ = ["DOCUMENT_NAMED", "OPERATIONS", "ground_query", "question_operation"]
 
@@ -201,11 +202,32 @@ def ground_query(query: str, context: Any, description: Mapping[str, Any]) -> li
         grounded = _row_grounding(query, _sample_rows(context, description))
     elif kind == "log_lines":
         grounded = _log_grounding(query, context)
-    elif kind == "strings":
+    elif kind == "strings" and isinstance(context, list):
+        operation = question_operation(query)
+        if operation is None:  # nothing to compute: a question about meaning
+            return _map_reduce_draft(query, context)
         grounded = Grounded([], [])
     else:
         return []
     return _draft(question_operation(query), grounded)[:MAX_HINTS]
+
+
+MAP_CHUNK_CHARS = 8_000
+"""Characters of texts per sub-model prompt in the map-reduce draft (fits a small window)."""
+
+
+def _map_reduce_draft(query: str, texts: Sequence[Any]) -> list[str]:
+    """Ask a sub-model the query about every chunk of the texts; keep the answers."""
+    sample = texts[:: max(1, len(texts) // MAX_SAMPLE_ROWS)]
+    mean = sum(len(str(text)) for text in sample) / max(1, len(sample))
+    per_chunk = max(1, int(MAP_CHUNK_CHARS // max(1.0, mean)))
+    question = json.dumps(f"{query} If these texts do not say, reply NONE.\n\n")
+    return [
+        f"chunks = [context[i:i + {per_chunk}] for i in range(0, len(context), {per_chunk})]",
+        f'answers = llm_query_batched([{question} + "\\n".join(c) for c in chunks])',
+        'found = [a for a in answers if "NONE" not in a]',
+        "print(found)",
+    ]
 
 
 # -- the query's words -------------------------------------------------------------------
@@ -380,13 +402,7 @@ def _sample_rows(context: Any, description: Mapping[str, Any]) -> list[Mapping[s
         return []
     rows: list[Mapping[str, Any]] = []
     if kind == "json_lines":
-        for line in _windows(context):
-            try:
-                value = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                rows.append(value)
+        rows += json_objects(_windows(context))
     elif kind == "delimited":
         delimiter = str(description.get("delimiter", ","))
         header = context[: context.find("\n")].split(delimiter)
@@ -461,6 +477,8 @@ class Grounded:
 
     tests: list[str]
     fields: list[Field]
+    unplaced: list[str] = dataclasses.field(default_factory=list)
+    """Conditions of the query found in its words but on no field ("more than 42500")."""
 
 
 def _conditions(
@@ -469,7 +487,8 @@ def _conditions(
     """Value tests, then comparisons and numbers; a field named next to a value it is
     tested for, or used in a test, is a condition, not a field the query asks about."""
     named = {i: field for i, field in _named_fields(words, fields).items() if i not in used}
-    tests = list(dict.fromkeys(tests + _number_tests(query.lower(), named)))
+    unplaced: list[str] = []
+    tests = list(dict.fromkeys(tests + _number_tests(query.lower(), named, unplaced)))
     conditions = " and ".join(tests)
     asked = [
         field
@@ -480,7 +499,7 @@ def _conditions(
     if tested:  # only fields of the rows that the conditions select
         common = frozenset.intersection(*(field.shapes for field in tested))
         asked = [field for field in asked if not field.shapes or field.shapes & common]
-    return Grounded(tests, list({field.code: field for field in asked}.values()))
+    return Grounded(tests, list({field.code: field for field in asked}.values()), unplaced)
 
 
 def _draft(operation: str | None, grounded: Grounded) -> list[str]:
@@ -488,6 +507,9 @@ def _draft(operation: str | None, grounded: Grounded) -> list[str]:
     lines = []
     if grounded.tests:
         lines.append(f"sel = [r for r in rows if {' and '.join(grounded.tests)}]")
+    if grounded.unplaced:
+        missing = ", ".join(f'"{words}"' for words in grounded.unplaced)
+        lines.append(f"# not in the draft yet: {missing}; add a test on the right field")
     fields = grounded.fields
     if operation in NUMERIC_OPERATIONS:  # a number field first
         fields = sorted(fields, key=lambda field: not field.numeric)
@@ -498,6 +520,8 @@ def _draft(operation: str | None, grounded: Grounded) -> list[str]:
         lines.append("result = best" + answer[1:])
     elif operation in VALUE_OPERATIONS and fields:
         lines.append(f"values = [{fields[0].code} for r in sel]")
+        if "Counter(" in OPERATIONS[operation][1]:
+            lines.append("from collections import Counter")
         lines.append(OPERATIONS[operation][1])
     elif operation == "count":
         lines.append(OPERATIONS[operation][1])
@@ -522,16 +546,21 @@ def _field_before(text: str, end: int, named: Mapping[int, Field], reach: int) -
     return None
 
 
-def _number_tests(text: str, named: Mapping[int, Field]) -> list[str]:
-    """``field >= n`` for comparisons written in words, ``field == n`` for "the year 2016"."""
+def _number_tests(
+    text: str, named: Mapping[int, Field], unplaced: list[str] | None = None
+) -> list[str]:
+    """``field >= n`` for comparisons written in words, ``field == n`` for "the year 2016";
+    a comparison whose field is not named next to it goes to ``unplaced`` (its words)."""
     tests = []
     taken: set[int] = set()
     for pattern, operator in COMPARISONS:
         for match in pattern.finditer(text):
             field = _field_before(text, match.start(), named, COMPARISON_FIELD_WORDS)
+            taken.update(range(match.start(), match.end()))
             if field is not None:
                 tests.append(f"{field.code} {operator} {match.group(1)}")
-                taken.update(range(match.start(), match.end()))
+            elif unplaced is not None:
+                unplaced.append(match.group(0))
     for match in NUMBER_RE.finditer(text):
         if match.start() in taken or not _standalone(text, match):
             continue

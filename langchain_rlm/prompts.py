@@ -378,6 +378,8 @@ def small_examples(
         if operation not in (None, "count"):  # the example that extracts values first
             head, _, tail = example.partition("\n\nExample for ")
             example = f"Example for {tail.strip()}\n\n{head}"
+        if kind == "strings" and operation is None:  # a question about meaning: map-reduce
+            return "\n\n".join([map_reduce, example, COMPUTE_HINTS])
         parts = [example, COMPUTE_HINTS] + ([map_reduce] if kind == "strings" else [])
         return "\n\n".join(parts)
     if kind == "documents":
@@ -537,7 +539,7 @@ def first_user_message(
         query=query,
         description=format_description(description),
         hints=_render_hints(hints, description.get("kind")),
-        next_step=describe.first_step(description),
+        next_step=describe.first_step(description, grounding.question_operation(query)),
     )
 
 

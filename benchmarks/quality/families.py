@@ -17,6 +17,8 @@ families). Ground truth is computed from the generated data, never from the text
 * ``semantic``: a list of customer messages; ten of them describe a problem in words that share
   no key word with the question (``llm_query_batched`` over chunks is the way); the question
   asks which product had that problem.
+* ``paraphrase``: staff records (``;``-delimited) asked about in wording the prompts and the
+  query grounding were never tuned on (added after them; held-out only).
 * ``dict``: a dict of named documents (prose with a few facts each); questions look up a fact
   in a named document, or ask which document states a fact.
 """
@@ -544,6 +546,101 @@ def dict_tasks(seed: int, size: int, count: int) -> Iterator[Task]:
         yield _task("dict", size, index, query, documents, answer, key=key)
 
 
+# -- paraphrase: the record questions in wording the prompts were never tuned on -----------
+
+DEPARTMENTS = ("Sales", "Finance", "Support", "Research", "Legal", "Design", "Logistics")
+LEVELS = ("junior", "senior", "principal")
+
+
+def paraphrase_tasks(seed: int, size: int, count: int) -> Iterator[Task]:
+    """Staff records (``;``-delimited) asked about in other words than the other families:
+    "combined", "mean", "unique", "hired in", "more than"; written after the query grounding
+    was tuned, and never used to tune it."""
+    rng = _group_rng(seed, "paraphrase", size, "staff")
+    offices = rng.sample(CITIES, 6)
+    header = "name;department;office;level;hired;salary"
+    rows: list[dict[str, Any]] = []
+    lines = [header]
+    total = len(header)
+    while total < size:
+        row = {
+            "name": f"{_name(rng)} {len(rows)}",
+            "department": rng.choice(DEPARTMENTS),
+            "office": rng.choice(offices),
+            "level": rng.choice(LEVELS),
+            "hired": rng.randint(2012, 2024),
+            "salary": rng.randint(30, 160) * 500,
+        }
+        rows.append(row)
+        lines.append(";".join(str(value) for value in row.values()))
+        total += len(lines[-1]) + 1
+    context = "\n".join(lines)
+    qrng = _group_rng(seed, "paraphrase", size, "questions")
+    depts, places, levels = (_shuffled(qrng, items) for items in (DEPARTMENTS, offices, LEVELS))
+    for index in range(count):
+        kind = index % 8
+        dept, office = depts[index % len(depts)], places[index % len(places)]
+        level = levels[index % len(levels)]
+        year, threshold = qrng.randint(2014, 2022), qrng.randint(60, 120) * 500
+        tolerance = 0.0
+        if kind == 0:
+            sel = [r for r in rows if r["department"] == dept]
+            query = f"What is the combined salary of everyone in the {dept} department?"
+            answer: Any = sum(r["salary"] for r in sel)
+        elif kind == 1:
+            sel = [r for r in rows if r["level"] == level and r["office"] == office]
+            query = (
+                f"What is the mean salary of {level} staff based in {office}? "
+                "Round to two decimals."
+            )
+            answer = f"{sum(r['salary'] for r in sel) / len(sel):.2f}"
+            tolerance = AVERAGE_TOLERANCE
+        elif kind == 2:
+            sel = [r for r in rows if r["department"] == dept]
+            query = f"How many unique offices have {dept} staff?"
+            answer = len({r["office"] for r in sel})
+        elif kind == 3:
+            sel = [r for r in rows if r["level"] == level]
+            ranked = Counter(r["office"] for r in sel).most_common()
+            if ranked[0][1] == ranked[1][1]:  # no unique winner: ask about all levels
+                ranked = Counter(r["office"] for r in rows).most_common()
+                query = "Which office has the most employees?"
+            else:
+                query = f"Which office has the most {level} employees?"
+            answer = ranked[0][0]
+        elif kind == 4:
+            sel = [r for r in rows if r["department"] == dept and r["hired"] == year]
+            query = f"How many {dept} employees were hired in {year}?"
+            answer = len(sel)
+        elif kind == 5:  # the first office (from the drawn one on) with a unique top salary
+            for place in offices[offices.index(office) :] + offices:
+                sel = [r for r in rows if r["office"] == place]
+                best = max(sel, key=lambda r: r["salary"])
+                if sum(r["salary"] == best["salary"] for r in sel) == 1:
+                    break
+            query = f"Which employee in {place} has the highest salary? Give the name."
+            answer = best["name"]
+        elif kind == 6:
+            sel = [r for r in rows if r["office"] == office]
+            query = f"What is the lowest salary paid in the {office} office?"
+            answer = min(r["salary"] for r in sel)
+        else:
+            sel = [r for r in rows if r["department"] == dept and r["salary"] > threshold]
+            query = f"How many people in {dept} earn more than {threshold}?"
+            answer = len(sel)
+        suffix = "" if kind in (3, 5) else " Answer with the number only."
+        yield _task(
+            "paraphrase",
+            size,
+            index,
+            query + suffix,
+            context,
+            answer,
+            rows=len(sel),
+            tolerance=tolerance,
+        )
+
+
 NEW_BUILDERS: dict[str, Builder] = {
     "sum": sum_tasks,
     "argmax": argmax_tasks,
@@ -552,5 +649,6 @@ NEW_BUILDERS: dict[str, Builder] = {
     "join": join_tasks,
     "semantic": semantic_tasks,
     "dict": dict_tasks,
+    "paraphrase": paraphrase_tasks,
 }
 NEW_FAMILIES = tuple(NEW_BUILDERS)

@@ -60,7 +60,10 @@ HELDOUT_SEED = 20261128
 SPLITS = {"dev": DEFAULT_SEED, "heldout": HELDOUT_SEED}
 
 OLD_FAMILIES = ("needle", "aggregation", "multihop")
-FAMILIES = (*OLD_FAMILIES, "sum", "argmax", "distinct", "records", "join", "semantic", "dict")
+FAMILIES = (
+    *OLD_FAMILIES,
+    *("sum", "argmax", "distinct", "records", "join", "semantic", "dict", "paraphrase"),
+)
 
 # -- filler prose ----------------------------------------------------------------------------
 

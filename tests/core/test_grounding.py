@@ -109,6 +109,7 @@ def test_json_lines_most_often_uses_the_field_the_query_asks_about() -> None:
     assert draft == [
         'sel = [r for r in rows if r["user"] == "user_3" and r["event"] == "view"]',
         'values = [r["page"] for r in sel]',
+        "from collections import Counter",  # the 0.5B model left it out: NameError
         "result = Counter(values).most_common(1)[0][0]",
     ]
 
@@ -161,7 +162,7 @@ def test_every_line_of_a_draft_runs_and_computes_the_truth() -> None:
     ]
     for (query, context), truth in zip(cases, truths, strict=True):
         description = prompts.describe_context(context)
-        namespace = {"context": context, "Counter": Counter}
+        namespace = {"context": context}
         exec(describe_read(description), namespace)
         draft = ground_query(query, context, description)
         exec("\n".join(draft), namespace)
@@ -289,3 +290,57 @@ def test_a_third_copy_of_a_cell_ends_the_turns_with_a_finalizing_turn() -> None:
     assert result.answer == "4100" and result.iterations == 3
     assert "You sent the same code three times" in message_text(root.calls[3].messages[-1])
     assert len(result.repl_history) == 1
+
+
+@pytest.mark.parametrize(
+    ("query", "first"),
+    [
+        ("One customer writes that the parcel came late. Which parcel?", "llm_query_batched"),
+        ("How many messages mention a refund?", "sel = [r for r in rows if"),
+    ],
+)
+def test_a_list_of_texts_gets_the_map_reduce_first_for_a_question_about_meaning(
+    query: str, first: str
+) -> None:
+    texts = [f"message {i}: the weather was fine" for i in range(200)]
+    description = prompts.describe_context(texts)
+    system = prompts.render_system_prompt(
+        context_type="list[str]",
+        max_iterations=6,
+        max_output_chars=2000,
+        sub_prompt_chars=16_000,
+        can_recurse=False,
+        modules=["re"],
+        style="small",
+        description=description,
+        query=query,
+    )
+    assert first in system.split("```repl\n", 1)[1].split("```", 1)[0]
+    message = prompts.first_user_message(query, description)
+    assert ("llm_query_batched" in message) == (first == "llm_query_batched")
+
+
+def test_a_comparison_on_no_named_field_is_flagged_not_dropped() -> None:
+    """ "earn more than 42500" names no field: the draft says what it could not place."""
+    draft = _ground("How many records in the category sports earn more than 2.5?", RECORDS)
+    assert draft[0] == 'sel = [r for r in rows if r["metadata"]["category"] == "sports"]'
+    assert draft[1] == '# not in the draft yet: "more than 2.5"; add a test on the right field'
+
+
+def test_a_question_about_meaning_over_texts_drafts_a_map_reduce_with_the_query() -> None:
+    texts = [f"message {i}: " + "the weather was fine. " * 10 for i in range(300)]
+    query = "One customer writes that the parcel came late. Which parcel?"
+    draft = _ground(query, texts)
+    assert draft[0].startswith("chunks = [context[i:i + ")
+    assert "llm_query_batched(" in draft[1] and query in draft[1]
+    prompts_sent: list[str] = []
+
+    def fake_batch(batch: list[str]) -> list[str]:  # FAKE sub-model: records the prompts
+        prompts_sent.extend(batch)
+        return ["NONE"] * (len(batch) - 1) + ["parcel 7"]
+
+    namespace = {"context": texts, "llm_query_batched": fake_batch}
+    exec("\n".join(draft), namespace)
+    assert namespace["found"] == ["parcel 7"]
+    assert sum(p.count("message ") for p in prompts_sent) == len(texts)  # every text, once
+    assert max(len(p) for p in prompts_sent) <= 8_000 + 500

@@ -64,7 +64,7 @@ def test_answer_checking_is_normalized_exact_or_single_number() -> None:
 
 NEW_GROUPS = [
     (family, 20_000)
-    for family in ("sum", "argmax", "distinct", "records", "join", "semantic", "dict")
+    for family in ("sum", "argmax", "distinct", "records", "join", "semantic", "dict", "paraphrase")
 ]
 
 
@@ -178,3 +178,36 @@ def test_tolerance_applies_to_numbers_only() -> None:
     assert not is_correct("236.40", "236.36", 0.01)
     assert not is_correct("236.36", "236.35")
     assert is_correct("['/about']", "/about")
+
+
+def test_paraphrase_truth_matches_a_recomputation_from_the_text() -> None:
+    """Every question kind of the paraphrase family, recomputed from the ``;`` text."""
+    import re
+    from collections import Counter
+
+    for task in build_tasks([("paraphrase", 20_000)], 8, split="heldout"):
+        header, *lines = task.context.splitlines()
+        rows = [dict(zip(header.split(";"), line.split(";"), strict=True)) for line in lines]
+        q = task.query
+        if m := re.search(r"everyone in the (\w+) department", q):
+            got = sum(int(r["salary"]) for r in rows if r["department"] == m[1])
+        elif m := re.search(r"mean salary of (\w+) staff based in ([\w ]+)\?", q):
+            pay = [int(r["salary"]) for r in rows if r["level"] == m[1] and r["office"] == m[2]]
+            got = f"{sum(pay) / len(pay):.2f}"
+        elif m := re.search(r"unique offices have (\w+) staff", q):
+            got = len({r["office"] for r in rows if r["department"] == m[1]})
+        elif m := re.search(r"office has the most (\w+) employees", q):
+            got = Counter(r["office"] for r in rows if r["level"] == m[1]).most_common(1)[0][0]
+        elif m := re.search(r"How many (\w+) employees were hired in (\d+)", q):
+            got = sum(r["department"] == m[1] and r["hired"] == m[2] for r in rows)
+        elif m := re.search(r"employee in ([\w ]+) has the highest", q):
+            got = max((r for r in rows if r["office"] == m[1]), key=lambda r: int(r["salary"]))[
+                "name"
+            ]
+        elif m := re.search(r"lowest salary paid in the ([\w ]+) office", q):
+            got = min(int(r["salary"]) for r in rows if r["office"] == m[1])
+        else:
+            m = re.search(r"people in (\w+) earn more than (\d+)", q)
+            assert m is not None, q
+            got = sum(r["department"] == m[1] and int(r["salary"]) > int(m[2]) for r in rows)
+        assert str(got) == task.answer, q

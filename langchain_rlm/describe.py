@@ -453,6 +453,25 @@ def delimited_read_code(delimiter: str) -> str:
     )
 
 
+def delimited_tables_read_code(delimiter: str) -> str:
+    """Read tables separated by blank lines, each with its own header row, into dicts (the
+    one-header line gave a second table's rows the first table's field names)."""
+    return (
+        f"rows = [dict(zip(t.splitlines()[0].split({delimiter!r}), "
+        "[float(v) if v.replace('.', '', 1).isdigit() else v for v in "
+        f"line.split({delimiter!r})])) for t in context.split('\\n\\n') "
+        "for line in t.splitlines()[1:] if line]"
+    )
+
+
+def _has_second_table(description: Mapping[str, Any], delimiter: str) -> bool:
+    """A blank line is followed by another header row (a second table)."""
+    return any(
+        delimiter in part["first_line"] and is_header(part["first_line"].split(delimiter))
+        for part in description.get("parts") or ()
+    )
+
+
 def read_hint(description: Mapping[str, Any]) -> str | None:
     """One line of Python that reads the described shape, or ``None`` (plain text).
 
@@ -461,7 +480,10 @@ def read_hint(description: Mapping[str, Any]) -> str | None:
     """
     kind = description.get("kind")
     if kind == "delimited":
-        return delimited_read_code(str(description.get("delimiter", ",")))
+        delimiter = str(description.get("delimiter", ","))
+        if _has_second_table(description, delimiter):
+            return delimited_tables_read_code(delimiter)
+        return delimited_read_code(delimiter)
     if kind == "json_lines":
         return (
             "import json; rows = [json.loads(line) for line in context.splitlines() "

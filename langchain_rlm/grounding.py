@@ -273,6 +273,8 @@ class Field:
     numeric: bool = False
     shapes: frozenset[int] = frozenset()
     """The row shapes (sets of keys) it occurs in; empty: every row."""
+    key: str | None = None
+    """Its key in the row when it is not nested (a table column), else ``None``."""
 
 
 LOG_TOKENS = (
@@ -313,13 +315,17 @@ def _row_fields(rows: Sequence[Mapping[str, Any]]) -> tuple[list[Field], dict[st
                 if index[path] not in bucket and counts.get(path, 0) < MAX_VALUES_PER_FIELD:
                     counts[path] = counts.get(path, 0) + 1
                     bucket.add(index[path])
+    partial = {path for path, seen in shapes.items() if len(seen) < len(shape_ids)}
     fields = [
         Field(
             path[-1].lower().replace("_", " "),
-            _access(path),
+            f"r.get({json.dumps(path[0])})"
+            if path in partial and len(path) == 1
+            else _access(path),
             is_list,
             numeric,
             frozenset(shapes[path]) if len(shape_ids) > 1 else frozenset(),
+            path[0] if len(path) == 1 else None,
         )
         for path, (is_list, numeric) in paths.items()
     ]
@@ -479,6 +485,9 @@ class Grounded:
     fields: list[Field]
     unplaced: list[str] = dataclasses.field(default_factory=list)
     """Conditions of the query found in its words but on no field ("more than 42500")."""
+    join: tuple[Field, Field] | None = None
+    """``(key, asked)``: the asked field is in other rows (another table), reached through
+    a key column that the selected rows share with them."""
 
 
 def _conditions(
@@ -496,10 +505,34 @@ def _conditions(
         if i + 1 not in used and f"{field.code} " not in conditions
     ]
     tested = [field for field in fields if f"{field.code} " in conditions and field.shapes]
+    join = None
     if tested:  # only fields of the rows that the conditions select
         common = frozenset.intersection(*(field.shapes for field in tested))
+        elsewhere = [field for field in asked if field.shapes and not field.shapes & common]
         asked = [field for field in asked if not field.shapes or field.shapes & common]
-    return Grounded(tests, list({field.code: field for field in asked}.values()), unplaced)
+        if elsewhere and not asked:
+            join = _join_key(elsewhere[0], common, fields, tested)
+    found = list({field.code: field for field in asked}.values())
+    return Grounded(tests, found, unplaced, join)
+
+
+def _join_key(
+    asked: Field, common: frozenset[int], fields: Sequence[Field], tested: Sequence[Field]
+) -> tuple[Field, Field] | None:
+    """A column of the selected rows that the asked field's rows have too (ids first)."""
+    if asked.key is None:
+        return None
+    keys = [
+        field
+        for field in fields
+        if field.key is not None
+        and field not in tested
+        and field.key != asked.key
+        and field.shapes & common
+        and field.shapes & asked.shapes
+    ]
+    keys.sort(key=lambda field: "id" not in field.name.split())
+    return (keys[0], asked) if keys else None
 
 
 def _draft(operation: str | None, grounded: Grounded) -> list[str]:
@@ -511,6 +544,14 @@ def _draft(operation: str | None, grounded: Grounded) -> list[str]:
         missing = ", ".join(f'"{words}"' for words in grounded.unplaced)
         lines.append(f"# not in the draft yet: {missing}; add a test on the right field")
     fields = grounded.fields
+    if grounded.join is not None and grounded.tests:  # the asked field is in other rows
+        key, asked = grounded.join
+        lines.append(f"keys = {{{key.code} for r in sel}}")
+        lines.append(
+            f"sel = [r for r in rows if r.get({json.dumps(key.key)}) in keys "
+            f"and {json.dumps(asked.key)} in r]"
+        )
+        fields = [asked]
     if operation in NUMERIC_OPERATIONS:  # a number field first
         fields = sorted(fields, key=lambda field: not field.numeric)
     if operation in ("highest", "lowest") and fields:

@@ -123,10 +123,20 @@ def test_delimited_multi_word_values_keep_the_querys_case() -> None:
     ]
 
 
-def test_a_second_table_is_not_mixed_into_the_first() -> None:
-    """The city is in another table than the order: no ``values`` line that would fail."""
-    draft = _ground("In which city does the customer who placed order B17 live?", TWO_TABLES)
-    assert draft == ['sel = [r for r in rows if r["order_id"] == "B17"]']
+def test_a_second_table_is_read_with_its_own_header_and_joined_through_a_shared_key() -> None:
+    """The city is in another table than the order: the draft goes through customer_id."""
+    query = "In which city does the customer who placed order B17 live?"
+    draft = _ground(query, TWO_TABLES)
+    assert draft == [
+        'sel = [r for r in rows if r.get("order_id") == "B17"]',
+        'keys = {r["customer_id"] for r in sel}',
+        'sel = [r for r in rows if r.get("customer_id") in keys and "city" in r]',
+        'values = [r.get("city") for r in sel]',
+    ]
+    namespace: dict[str, object] = {"context": TWO_TABLES}
+    exec(describe_read(prompts.describe_context(TWO_TABLES)), namespace)
+    exec("\n".join(draft), namespace)
+    assert namespace["values"] == ["Town8"]  # B17 -> C8 -> Town8
 
 
 def test_log_lines_literal_tokens_key_values_and_conventional_tokens() -> None:

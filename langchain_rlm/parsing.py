@@ -92,8 +92,37 @@ def parse_reply(text: str) -> ParsedReply:
         else:
             prose_parts.append(body)
     prose_parts.append(kept[position:])
+    if position == 0 and _is_bare_code(kept):  # no fence at all, but the reply is code
+        return ParsedReply(code_blocks=[kept.strip()], final=None, invented_output=invented)
     final = _find_final("".join(prose_parts))
     return ParsedReply(code_blocks=code_blocks, final=final, invented_output=invented)
+
+
+_STATEMENTS = (
+    ast.Assign,
+    ast.AugAssign,
+    ast.AnnAssign,
+    ast.For,
+    ast.While,
+    ast.If,
+    ast.Import,
+    ast.ImportFrom,
+    ast.With,
+    ast.FunctionDef,
+    ast.Try,
+)
+
+
+def _is_bare_code(text: str) -> bool:
+    """A reply with no code fence that is Python with at least one statement (an
+    assignment, a loop, an import, ...): Qwen2.5-Coder-1.5B often sends its code without
+    the fence. Prose does not parse; a lone ``FINAL(x)`` or a name is an expression, not
+    code, and stays a prose answer."""
+    try:
+        tree = ast.parse(text.strip())
+    except (SyntaxError, ValueError):
+        return False
+    return any(isinstance(node, _STATEMENTS) for node in tree.body)
 
 
 def _drop_invented_output(text: str) -> tuple[str, bool]:

@@ -354,3 +354,18 @@ def test_a_question_about_meaning_over_texts_drafts_a_map_reduce_with_the_query(
     assert namespace["found"] == ["parcel 7"]
     assert sum(p.count("message ") for p in prompts_sent) == len(texts)  # every text, once
     assert max(len(p) for p in prompts_sent) <= 8_000 + 500
+
+
+def test_a_reply_of_bare_code_without_a_fence_runs_as_code() -> None:
+    """Qwen2.5-Coder-1.5B often sends its cell without the ```repl fence."""
+    bare = "rows = context.splitlines()\nresult = len(rows)\nif rows:\n    FINAL(result)"
+    root = ScriptedChatModel(replies=[bare], model="root")
+    result = RLM(root).invoke({"query": "How many lines?", "context": "a\nb\nc"})
+    assert result.answer == "3" and len(result.repl_history) == 1
+
+
+@pytest.mark.parametrize("reply", ["FINAL(Paris)", "Paris", "The answer is 3.\nFINAL(3)"])
+def test_prose_and_a_lone_final_are_not_taken_for_code(reply: str) -> None:
+    from langchain_rlm.parsing import parse_reply
+
+    assert parse_reply(reply).code_blocks == []

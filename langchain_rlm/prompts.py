@@ -361,20 +361,26 @@ copies the first example it sees)."""
 
 
 def small_examples(
-    kind: str | None, sub_prompt_chars: int, query: str = "", hints: Sequence[str] = ()
+    kind: str | None,
+    sub_prompt_chars: int,
+    query: str = "",
+    hints: Sequence[str] = (),
+    read: str | None = None,
 ) -> str:
     """The worked examples for a context of this shape (``kind`` from the description);
     first the one for the question's kind: its operation for rows, count or fact in a text,
     a named document or a search over documents (``hints`` from
-    :func:`langchain_rlm.grounding.ground_query`)."""
+    :func:`langchain_rlm.grounding.ground_query`). ``read`` is the description's line that
+    reads this context (its code, without the comment); the examples use it."""
     map_reduce = MAP_REDUCE_EXAMPLE.replace("{chunk}", str(chunk_chars_for(sub_prompt_chars)))
     operation = grounding.question_operation(query)
+    read_line = (read or "").split("  #", 1)[0].strip() or EXAMPLE_READ.get(kind or "", "")
     if kind in ("delimited", "json_lines", "records"):
         fields = NESTED_ROW_FIELDS if kind == "records" else DICT_ROW_FIELDS
-        first = records_example(operation or FALLBACK_OPERATION, EXAMPLE_READ[kind], fields)
+        first = records_example(operation or FALLBACK_OPERATION, read_line, fields)
         return f"{first}\n\n{COMPUTE_HINTS}"
     if kind in ("log_lines", "strings"):
-        example = LINES_EXAMPLE.replace("{read}", EXAMPLE_READ[kind])
+        example = LINES_EXAMPLE.replace("{read}", read_line)
         if operation not in (None, "count"):  # the example that extracts values first
             head, _, tail = example.partition("\n\nExample for ")
             example = f"Example for {tail.strip()}\n\n{head}"
@@ -491,7 +497,13 @@ def render_system_prompt(
     template = SYSTEM_PROMPT_SMALL if style == "small" else SYSTEM_PROMPT
     kind = description.get("kind") if description else TYPE_KINDS.get(context_type)
     return template.format(
-        examples=small_examples(kind, sub_prompt_chars, query, hints),
+        examples=small_examples(
+            kind,
+            sub_prompt_chars,
+            query,
+            hints,
+            describe.read_hint(description) if description else None,
+        ),
         context_type=context_type,
         max_iterations=max_iterations,
         max_output_chars=max_output_chars,

@@ -369,3 +369,30 @@ def test_prose_and_a_lone_final_are_not_taken_for_code(reply: str) -> None:
     from langchain_rlm.parsing import parse_reply
 
     assert parse_reply(reply).code_blocks == []
+
+
+@pytest.mark.parametrize(
+    ("context", "expected"),
+    [
+        (TWO_TABLES, "for t in context.split('\\n\\n')"),  # each table with its own header
+        (ORDERS.replace(",", ";"), "split(';')"),  # the context's own delimiter
+    ],
+)
+def test_the_worked_example_reads_rows_as_the_description_does(context: str, expected: str) -> None:
+    """The small model fused the example's read line with the description's into code that
+    failed (``NameError: t``): the example now uses the description's line."""
+    description = prompts.describe_context(context)
+    system = prompts.render_system_prompt(
+        context_type="str",
+        max_iterations=6,
+        max_output_chars=2000,
+        sub_prompt_chars=16_000,
+        can_recurse=False,
+        modules=["re"],
+        style="small",
+        description=description,
+        query="What is the total amount?",
+    )
+    first_line = system.split("```repl\n", 1)[1].split("\n", 1)[0]
+    assert expected in first_line
+    assert first_line == describe_read(description).split("  #")[0].strip()

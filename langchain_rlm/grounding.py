@@ -566,9 +566,15 @@ def _draft(operation: str | None, grounded: Grounded) -> list[str]:
         lines.append(OPERATIONS[operation][1])
     elif operation == "count":
         lines.append(OPERATIONS[operation][1])
-    elif fields:
+    elif fields:  # a lookup: the value of the selected rows (or the values, if they differ)
         lines.append(f"values = [{fields[0].code} for r in sel]")
+        lines.append(LOOKUP_RESULT)
     return lines
+
+
+LOOKUP_RESULT = "result = values[0] if len(set(values)) == 1 else sorted(set(values))"
+"""The answer of a question that asks for a field's value and computes nothing (the 1.5B
+model answered ``len(sel)`` after a draft that stopped at ``values``)."""
 
 
 def _original(query: str, phrase: str) -> str:

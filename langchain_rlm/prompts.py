@@ -400,8 +400,9 @@ def small_examples(
 PROMPT_STYLES = ("default", "small")
 """``default``: :data:`SYSTEM_PROMPT`; ``small``: :data:`SYSTEM_PROMPT_SMALL`."""
 
-SMALL_MODEL_PREFIXES = ("qwen2.5-coder-0.5b",)
-"""Root models that get the ``small`` prompt under ``prompt_style="auto"`` (measured)."""
+SMALL_MODEL_PREFIXES = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
+"""Root models that get the ``small`` prompt under ``prompt_style="auto"`` (both embedded
+models were measured with it: ``benchmarks/RESULTS.md``, "Query grounding")."""
 
 
 def prompt_style_for(model_name: str) -> str:

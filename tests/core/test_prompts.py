@@ -185,3 +185,15 @@ def test_first_message_opens_and_closes_with_the_query_and_gives_the_shape_first
     assert "searching the text for the key words of the query" in text
     docs = prompts.first_user_message("Which?", prompts.describe_context({"a": "b", "c": "d"}))
     assert "context[key]" in docs and "context.items()" in docs
+
+
+@pytest.mark.parametrize(
+    ("model", "style"),
+    [
+        ("qwen2.5-coder-0.5b", "small"),
+        ("qwen2.5-coder-1.5b", "small"),  # measured with the small prompt too
+        ("gpt-4o", "default"),
+    ],
+)
+def test_auto_style_follows_the_measured_models(model: str, style: str) -> None:
+    assert prompts.prompt_style_for(model) == style

@@ -92,12 +92,15 @@ def parse_reply(text: str) -> ParsedReply:
         else:
             prose_parts.append(body)
     prose_parts.append(kept[position:])
-    if position == 0 and _is_bare_code(kept):  # no fence at all, but the reply is code
-        return ParsedReply(code_blocks=[kept.strip()], final=None, invented_output=invented)
+    bare = _STRAY_FENCE_RE.sub("", kept) if position == 0 else ""
+    if bare and _is_bare_code(bare):  # no whole fence, but the reply is code
+        return ParsedReply(code_blocks=[bare.strip()], final=None, invented_output=invented)
     final = _find_final("".join(prose_parts))
     return ParsedReply(code_blocks=code_blocks, final=final, invented_output=invented)
 
 
+_STRAY_FENCE_RE = re.compile(r"^[ \t]*```[\w-]*[ \t]*$", re.MULTILINE)
+"""A fence line left alone (the opening or the closing one missing)."""
 _STATEMENTS = (
     ast.Assign,
     ast.AugAssign,
@@ -114,10 +117,11 @@ _STATEMENTS = (
 
 
 def _is_bare_code(text: str) -> bool:
-    """A reply with no code fence that is Python with at least one statement (an
+    """A reply with no whole code fence that is Python with at least one statement (an
     assignment, a loop, an import, ...): Qwen2.5-Coder-1.5B often sends its code without
-    the fence. Prose does not parse; a lone ``FINAL(x)`` or a name is an expression, not
-    code, and stays a prose answer."""
+    the fence, and the 0.5B model sometimes without its opening line. Prose does not
+    parse; a lone ``FINAL(x)`` or a name is an expression, not code, and stays a prose
+    answer."""
     try:
         tree = ast.parse(text.strip())
     except (SyntaxError, ValueError):

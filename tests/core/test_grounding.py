@@ -357,9 +357,11 @@ def test_a_question_about_meaning_over_texts_drafts_a_map_reduce_with_the_query(
     assert max(len(p) for p in prompts_sent) <= 8_000 + 500
 
 
-def test_a_reply_of_bare_code_without_a_fence_runs_as_code() -> None:
-    """Qwen2.5-Coder-1.5B often sends its cell without the ```repl fence."""
-    bare = "rows = context.splitlines()\nresult = len(rows)\nif rows:\n    FINAL(result)"
+@pytest.mark.parametrize("closing", ["", "\n```"])
+def test_a_reply_of_bare_code_without_a_fence_runs_as_code(closing: str) -> None:
+    """Qwen2.5-Coder-1.5B often sends its cell without the ```repl fence (and the 0.5B
+    model sometimes without its opening line only)."""
+    bare = "rows = context.splitlines()\nresult = len(rows)\nif rows:\n    FINAL(result)" + closing
     root = ScriptedChatModel(replies=[bare], model="root")
     result = RLM(root).invoke({"query": "How many lines?", "context": "a\nb\nc"})
     assert result.answer == "3" and len(result.repl_history) == 1

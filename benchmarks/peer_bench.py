@@ -122,15 +122,22 @@ def _turn(request: ChatRequest) -> int:
     return sum(1 for m in request.messages if m.role == "assistant" and "```repl" in m.content)
 
 
+def _loop_cell(turn: int) -> str:
+    """The same work every turn, but not the same text: the project does not run a cell
+    resent unchanged (and ends the turns at the third copy), so identical cells would
+    measure skipped cells on one side only."""
+    return _repl(f"x = len(context) + {turn} - {turn}\nprint(x)")
+
+
 def _project_loop(request: ChatRequest) -> str:
     if _turn(request) < ITERATIONS - 1:
-        return _repl("x = len(context)\nprint(x)")
+        return _loop_cell(_turn(request))
     return _repl("FINAL(str(x))")
 
 
 def _peer_loop(request: ChatRequest) -> str:
     if _turn(request) < ITERATIONS - 1:
-        return _repl("x = len(context)\nprint(x)")
+        return _loop_cell(_turn(request))
     return _repl('answer["content"] = str(x)\nanswer["ready"] = True')
 
 

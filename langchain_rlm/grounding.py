@@ -25,6 +25,7 @@ a phrase was found in. Every hint is bounded (:data:`MAX_HINTS`) and the scan re
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -207,9 +208,49 @@ def ground_query(query: str, context: Any, description: Mapping[str, Any]) -> li
         if operation is None:  # nothing to compute: a question about meaning
             return _map_reduce_draft(query, context)
         grounded = Grounded([], [])
+    elif kind == "text" and isinstance(context, str) and question_operation(query) is None:
+        return _bridge_draft(query, context)
     else:
         return []
     return _draft(question_operation(query), grounded)[:MAX_HINTS]
+
+
+MAX_TEXT_SEARCH_CHARS = 50_000_000
+"""Texts up to this size are searched whole for the query's phrases (one pass each)."""
+NAME_RE = re.compile(r"(?<!^)\b[A-Z][\w-]*(?:\s+[A-Z][\w-]*)+")
+"""A name of two or more capitalised words (not the query's first word)."""
+
+
+def _bridge_draft(query: str, text: str) -> list[str]:
+    """Two facts chained through a name: the sentences of a name the query gives (the
+    first fact), then the sentences of another phrase of the query that mention a new
+    capitalised word of the first ones (the second fact). Only when the text has both a
+    two-word name of the query and another of its phrases; otherwise no draft."""
+    if len(text) > MAX_TEXT_SEARCH_CHARS:
+        return []
+    name = next((n for n in NAME_RE.findall(query) if n in text), None)
+    if name is None:
+        return []
+    words = [w for w in _words(query) if w not in STOPWORDS and len(w) > 2]
+    skip = set(name.lower().split())
+    pairs = [f"{a} {b}" for a, b in itertools.pairwise(words) if not {a, b} & skip]
+    other = next((pair for pair in pairs if pair in text), None)
+    if other is None:
+        return []
+    first = f'r"[^.\\n]*{re.escape(name)}[^.\\n]*"'
+    second = f'r"[^.\\n]*{re.escape(other)}[^.\\n]*"'
+    capitalised = 'r"\\b[A-Z]\\w+"'
+    asked = json.dumps(query)
+    return [
+        "import re",
+        f"first = re.findall({first}, context)",
+        "print(first)",
+        f'new = [w for w in re.findall({capitalised}, " ".join(first)) if w not in {asked}]',
+        f"second = [s for s in re.findall({second}, context) if any(w in s for w in new)]",
+        "print(second)",
+        "if len(second) == 1:",
+        "    FINAL(second[0].strip())",
+    ]
 
 
 MAP_CHUNK_CHARS = 8_000

@@ -399,3 +399,36 @@ def test_the_worked_example_reads_rows_as_the_description_does(context: str, exp
     first_line = system.split("```repl\n", 1)[1].split("\n", 1)[0]
     assert expected in first_line
     assert first_line == describe_read(description).split("  #")[0].strip()
+
+
+TWO_HOP = " ".join(
+    [
+        f"Agent Ana Berg{i} is stationed in Town{i}. The door code of the Town{i} office is {i}0{i}."
+        for i in range(1, 9)
+    ]
+    + ["Agent Lena Ilic is stationed in Harbourview.", "Filler words here."] * 3
+    + ["The door code of the Harbourview office is 4242."]
+)
+
+
+def test_two_facts_chained_through_a_name_give_one_second_sentence() -> None:
+    query = "What is the door code of the office in the town where agent Lena Ilic is stationed?"
+    draft = _ground(query, TWO_HOP)
+    assert draft[1] == r'first = re.findall(r"[^.\n]*Lena\ Ilic[^.\n]*", context)'
+    answers: list[str] = []
+    namespace = {"context": TWO_HOP, "FINAL": answers.append, "print": lambda *a: None}
+    exec("\n".join(draft), namespace)
+    assert namespace["second"] == [" The door code of the Harbourview office is 4242"]
+    assert answers == ["The door code of the Harbourview office is 4242"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "What is the secret code for project Cobalt?",  # no two-word name: no chain
+        "How many lines mention Lena Ilic?",  # a count: the counting example does it
+        "Where is agent Nobody Known stationed?",  # the name is not in the text
+    ],
+)
+def test_no_chain_draft_without_a_name_in_the_text_and_a_second_phrase(query: str) -> None:
+    assert _ground(query, TWO_HOP) == []

@@ -66,6 +66,8 @@ NOFILE_LIMIT = 16
 MIB = 1024 * 1024
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
+PR_SET_PDEATHSIG = 1
+EXIT_PARENT_GONE = 72
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 NOBODY_ID = 65534
@@ -550,10 +552,27 @@ def _lock_down(
         _unshare(config, confinement)
     else:
         confinement["errors"].append("unshare: disabled by the host")
+    if not _simulated(config, "prctl"):
+        _die_with_parent()
     _apply_rlimits(limits, config, mapped, confinement)
     if seccomp_module is not None:
         _seccomp(seccomp_module, read_fd, write_fd, confinement)
     return confinement
+
+
+_PARENT = os.getppid()
+"""The host, as it was when the worker started."""
+
+
+def _die_with_parent() -> None:
+    """SIGKILL from the kernel when the host's spawning thread dies, even while stopped.
+
+    A host that died between the two steps of a tree kill (SIGSTOP, then SIGKILL) left the
+    worker stopped and orphaned for good. Set after the privilege drop and the namespaces
+    (credential changes clear it); a host already gone means exit now."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != _PARENT:
+        os._exit(EXIT_PARENT_GONE)
 
 
 # --------------------------------------------------------------------------- worker

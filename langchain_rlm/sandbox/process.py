@@ -31,7 +31,10 @@ Design (measurements in ``benchmarks/RESULTS.md``):
 * **Processes die with the session**: the kill stops, then ``SIGKILL``\\s, the worker's
   process group and every descendant found through ``/proc`` (the worker is a child
   subreaper, so orphans stay in its tree); seccomp (full mode) or ``RLIMIT_NPROC`` = 0
-  as ``nobody`` (degraded mode) keep the worker from forking in the first place.
+  as ``nobody`` (degraded mode) keep the worker from forking in the first place. The
+  worker also dies with its host: ``PR_SET_PDEATHSIG`` asks the kernel for SIGKILL when
+  the host thread that started it dies, which reaches it even while the kill has it
+  stopped (a host killed between the two steps used to leave it stopped for good).
 * **Bridge**: model code calling a host function sends ``call``; the host runs the
   function *in the thread that called the executor* (contextvars and LangChain
   callbacks carry over), enforcing ``max_subcalls_per_cell`` and ``max_subcall_chars``

@@ -275,6 +275,7 @@ def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
 
 _END = object()
 """Marks the end of an iterator bridged by :func:`stream_in_thread`."""
+STREAM_THREAD_NAME = "langchain-rlm-stream"
 
 
 def stream_in_thread(make_iterator: Callable[[], Iterator[T]]) -> Generator[T, None, None]:
@@ -315,6 +316,3 @@ def stream_in_thread(make_iterator: Callable[[], Iterator[T]]) -> Generator[T, N
         scope.cancel()
         thread.join()
         raise
-
-
-STREAM_THREAD_NAME = "langchain-rlm-stream"

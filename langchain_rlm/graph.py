@@ -71,6 +71,9 @@ FALLBACK_OUTPUT_CHARS = 2_000
 """Characters of the last REPL output used as a last-resort answer."""
 
 ROOT_OVERFLOW = "context_overflow"
+"""``finished_reason`` when the root conversation outgrew the root model's window (a
+provider's 400 ``context_length_exceeded`` after the first turn): the run ends with the
+best answer the REPL holds instead of crashing."""
 STALLED = "stalled"
 """The root model sent the cell it had already run a third time in a row."""
 FINALIZE_REASONS = {
@@ -78,9 +81,6 @@ FINALIZE_REASONS = {
     STALLED: "You sent the same code three times.",
 }
 """Reasons that get one finalizing turn (the others stop at once), with what it says."""
-"""``finished_reason`` when the root conversation outgrew the root model's window (a
-provider's 400 ``context_length_exceeded`` after the first turn): the run ends with the
-best answer the REPL holds instead of crashing."""
 
 RESTART_NOTE = "The REPL was restarted: every variable you defined is gone."
 

@@ -197,6 +197,7 @@ def ground_query(query: str, context: Any, description: Mapping[str, Any]) -> li
     query asks about, and the line that computes the operation it asks for.
     """
     kind = description.get("kind")
+    operation = question_operation(query)
     if kind == "documents" and isinstance(context, Mapping):
         return _document_hints(query, context)[:MAX_HINTS]
     if kind in ROW_KINDS:
@@ -204,15 +205,14 @@ def ground_query(query: str, context: Any, description: Mapping[str, Any]) -> li
     elif kind == "log_lines":
         grounded = _log_grounding(query, context)
     elif kind == "strings" and isinstance(context, list):
-        operation = question_operation(query)
         if operation is None:  # nothing to compute: a question about meaning
             return _map_reduce_draft(query, context)
         grounded = Grounded([], [])
-    elif kind == "text" and isinstance(context, str) and question_operation(query) is None:
+    elif kind == "text" and isinstance(context, str) and operation is None:
         return _bridge_draft(query, context)
     else:
         return []
-    return _draft(question_operation(query), grounded)[:MAX_HINTS]
+    return _draft(operation, grounded)[:MAX_HINTS]
 
 
 MAX_TEXT_SEARCH_CHARS = 50_000_000

@@ -171,47 +171,20 @@ You:
 FINAL(Turin)"""
 
 RECORDS_QUESTIONS = {
-    "count": ("How many parcels were sent to Oslo by air?", "", "result = len(sel)"),
-    "distinct": (
-        "How many different cities received parcels by air?",
-        "values = [{city} for r in sel]",
-        "result = len(set(values))",
-    ),
-    "total": (
-        "What is the total weight of the parcels sent to Oslo?",
-        "values = [float({weight}) for r in sel]",
-        "result = sum(values)",
-    ),
-    "average": (
-        "What is the average weight of the parcels sent to Oslo?",
-        "values = [float({weight}) for r in sel]",
-        "result = round(sum(values) / len(values), 2)",
-    ),
-    "most_often": (
-        "Which city received the most parcels by air?",
-        "values = [{city} for r in sel]",
-        "result = Counter(values).most_common(1)[0][0]",
-    ),
-    "least_often": (
-        "Which city received the fewest parcels by air?",
-        "values = [{city} for r in sel]",
-        "result = Counter(values).most_common()[-1][0]",
-    ),
-    "highest": (
-        "Which parcel sent to Oslo is the heaviest? Give its id.",
-        "best = max(sel, key=lambda r: float({weight}))",
-        "result = {id}",
-    ),
-    "lowest": (
-        "Which parcel sent to Oslo is the lightest? Give its id.",
-        "best = min(sel, key=lambda r: float({weight}))",
-        "result = {id}",
-    ),
+    "count": ("How many parcels were sent to Oslo by air?", ""),
+    "distinct": ("How many different cities received parcels by air?", "{city}"),
+    "total": ("What is the total weight of the parcels sent to Oslo?", "float({weight})"),
+    "average": ("What is the average weight of the parcels sent to Oslo?", "float({weight})"),
+    "most_often": ("Which city received the most parcels by air?", "{city}"),
+    "least_often": ("Which city received the fewest parcels by air?", "{city}"),
+    "highest": ("Which parcel sent to Oslo is the heaviest? Give its id.", "float({weight})"),
+    "lowest": ("Which parcel sent to Oslo is the lightest? Give its id.", "float({weight})"),
 }
-"""One worked question per operation (:data:`langchain_rlm.grounding.OPERATIONS`): what
-to compute from the selected rows. The small model copies the operation of the first
-example it sees (it answered "which page most often" with ``len(set(...))``, the example
-before it), so the example for the question's operation comes first."""
+"""One worked question per operation of :data:`langchain_rlm.grounding.OPERATIONS` (which
+gives the line that computes it), and the field it reads from the selected rows. The small
+model copies the operation of the first example it sees (it answered "which page most
+often" with ``len(set(...))``, the example before it), so the example for the question's
+operation comes first."""
 RECORDS_CONDITIONS = {
     "count": '{city} == "Oslo" and {transport} == "air"',
     "distinct": '{transport} == "air"',
@@ -236,15 +209,19 @@ FALLBACK_OPERATION = "total"
 
 def records_example(operation: str, read: str, fields: Mapping[str, str]) -> str:
     """The worked records example for ``operation``, reading rows with ``read``."""
-    question, values, result = RECORDS_QUESTIONS[operation]
-    conditions = RECORDS_CONDITIONS.get(operation, '{city} == "Oslo"')
+    question, field = RECORDS_QUESTIONS[operation]
+    line = grounding.OPERATIONS[operation][1]
+    if operation in ("highest", "lowest"):  # the best row, then its id
+        values, result = line.format(key=field), 'result = best["id"]'
+    else:
+        values, result = (f"values = [{field} for r in sel]" if field else ""), line
     text = RECORDS_TEMPLATE.format(
         question=question,
         read=read,
         imports="\nfrom collections import Counter" if "Counter" in result else "",
-        conditions=conditions,
+        conditions=RECORDS_CONDITIONS.get(operation, '{city} == "Oslo"'),
         values=f"\n{values}" if values else "",
-        result=result.replace("{id}", 'best["id"]'),
+        result=result,
     )
     return text.format(**fields)
 

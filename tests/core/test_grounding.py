@@ -180,6 +180,29 @@ def test_every_line_of_a_draft_runs_and_computes_the_truth() -> None:
         assert namespace["result"] == truth
 
 
+def _small_prompt(
+    description: dict[str, object], query: str, hints: list[str] | None = None
+) -> str:
+    """The small-model system prompt for this description, query and draft."""
+    return prompts.render_system_prompt(
+        context_type=str(description["type"]),
+        max_iterations=6,
+        max_output_chars=2000,
+        sub_prompt_chars=16_000,
+        can_recurse=False,
+        modules=["re"],
+        style="small",
+        description=description,
+        query=query,
+        hints=hints or (),
+    )
+
+
+def _first_example(system: str) -> str:
+    """The code of the first worked example (the one the small model copies)."""
+    return system.split("```repl\n", 1)[1].split("```", 1)[0]
+
+
 def describe_read(description: dict[str, object]) -> str:
     from langchain_rlm.describe import read_hint
 
@@ -223,20 +246,8 @@ def test_the_first_message_shows_the_draft_and_the_examples_follow_the_operation
     message = prompts.first_user_message(query, description, hints)
     assert prompts.QUERY_DRAFT_HEADER in message
     assert '    values = [r["page"] for r in sel]' in message
-    system = prompts.render_system_prompt(
-        context_type="str",
-        max_iterations=6,
-        max_output_chars=2000,
-        sub_prompt_chars=16_000,
-        can_recurse=False,
-        modules=["re"],
-        style="small",
-        description=description,
-        query=query,
-        hints=hints,
-    )
-    first_example = system.split("```repl\n", 1)[1].split("```", 1)[0]
-    assert "most_common(1)[0][0]" in first_example
+    system = _small_prompt(description, query, hints)
+    assert "most_common(1)[0][0]" in _first_example(system)
 
 
 @pytest.mark.parametrize(
@@ -315,18 +326,8 @@ def test_a_list_of_texts_gets_the_map_reduce_first_for_a_question_about_meaning(
 ) -> None:
     texts = [f"message {i}: the weather was fine" for i in range(200)]
     description = prompts.describe_context(texts)
-    system = prompts.render_system_prompt(
-        context_type="list[str]",
-        max_iterations=6,
-        max_output_chars=2000,
-        sub_prompt_chars=16_000,
-        can_recurse=False,
-        modules=["re"],
-        style="small",
-        description=description,
-        query=query,
-    )
-    assert first in system.split("```repl\n", 1)[1].split("```", 1)[0]
+    system = _small_prompt(description, query)
+    assert first in _first_example(system)
     message = prompts.first_user_message(query, description)
     assert ("llm_query_batched" in message) == (first == "llm_query_batched")
 
@@ -385,18 +386,8 @@ def test_the_worked_example_reads_rows_as_the_description_does(context: str, exp
     """The small model fused the example's read line with the description's into code that
     failed (``NameError: t``): the example now uses the description's line."""
     description = prompts.describe_context(context)
-    system = prompts.render_system_prompt(
-        context_type="str",
-        max_iterations=6,
-        max_output_chars=2000,
-        sub_prompt_chars=16_000,
-        can_recurse=False,
-        modules=["re"],
-        style="small",
-        description=description,
-        query="What is the total amount?",
-    )
-    first_line = system.split("```repl\n", 1)[1].split("\n", 1)[0]
+    system = _small_prompt(description, "What is the total amount?")
+    first_line = _first_example(system).split("\n", 1)[0]
     assert expected in first_line
     assert first_line == describe_read(description).split("  #")[0].strip()
 

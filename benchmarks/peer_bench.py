@@ -18,7 +18,10 @@ Parts (each prints its own table with ratios):
   *CPU* = CPU seconds of the client's process tree (threads and the sandbox worker,
   from ``/proc/<pid>/task/*/schedstat``; the server excluded) between the two root-call
   starts: the figure that does not depend on the machine's load.
-  Target: project <= 0.8x rlms.
+  Target: project <= 0.8x rlms. The *floor* rows replay the project's own conversation
+  through the chat-model call alone (``ChatOpenAI.ainvoke`` / ``invoke``, and the openai
+  SDK's sync client that rlms calls) and do nothing else: the least any RLM that calls
+  ``ChatOpenAI`` can take per iteration.
 * ``fanout``: one ``llm_query_batched`` of 64 prompts x 300 ms at concurrency 16,
   project sync (``invoke``) and async (``ainvoke``), rlms (sync only: it has no async
   API). ratio = seconds / (ceil(64 / 16) x 0.3 s). Target <= 1.15.
@@ -49,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import os
@@ -321,12 +325,87 @@ def _project_overhead(
     return out
 
 
+def _floor_overhead(
+    server: _RemoteServer, size: int, mode: str, runs: int
+) -> dict[str, list[float]]:
+    """The chat-model calls alone, replaying the project's own conversation (a floor).
+
+    One project run records the messages it sent; each floor run then sends, one call
+    after the other, exactly the prompt the project sent at each root iteration, and does
+    nothing else (no graph, no cell, no parsing). ``mode``: ``async`` = ``ChatOpenAI.ainvoke``
+    (the call the project makes), ``sync`` = ``ChatOpenAI.invoke``, ``sdk`` = the openai
+    SDK's sync client on the same message dicts (rlms's call). What no RLM built on
+    ``ChatOpenAI`` can go below; the project's rows minus this row is the project's share.
+    """
+    from langchain_core.messages import AIMessage
+
+    recorder = RLM(
+        _chat(_base_url(server), ROOT_LOOP_MODEL, own_clients=True),
+        sandbox=LOCAL_SANDBOX,
+        max_iterations=ITERATIONS + 2,
+    )
+    sent = recorder.invoke({"query": "loop", "context": _context(size)}).messages
+    prompts = [sent[:i] for i, message in enumerate(sent) if isinstance(message, AIMessage)]
+    assert len(prompts) == ITERATIONS, len(prompts)
+    out: dict[str, list[float]] = {"intervals": [], "model": [], "wire": [], "cpu": []}
+    for run in range(WARMUP_RUNS + runs):
+        SPANS.clear()
+        starts, spans = _replay(server, prompts, mode)
+        if run < WARMUP_RUNS:
+            continue
+        for (a, cpu_a), (b, cpu_b) in itertools.pairwise(starts):
+            out["intervals"].append(b - a)
+            out["model"].append(inside(spans, a, b))
+            out["wire"].append(inside(SPANS.wire, a, b))
+            out["cpu"].append(cpu_b - cpu_a)
+    return out
+
+
+def _replay(
+    server: _RemoteServer, prompts: list[list[Any]], mode: str
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """Send ``prompts`` one after the other with fresh clients: (call starts with tree CPU,
+    call spans)."""
+    from langchain_openai.chat_models.base import _convert_message_to_dict
+    from openai import OpenAI
+
+    model = _chat(_base_url(server), ROOT_LOOP_MODEL, own_clients=True)
+    sdk = OpenAI(base_url=_base_url(server), api_key="x", max_retries=0)
+    starts: list[tuple[float, float]] = []
+    spans: list[tuple[float, float]] = []
+
+    async def replay_async() -> None:
+        for prompt in prompts:
+            starts.append((time.perf_counter(), tree_cpu()))
+            await model.ainvoke(prompt)
+            spans.append((starts[-1][0], time.perf_counter()))
+
+    if mode == "async":
+        asyncio.run(replay_async())
+        return starts, spans
+    for prompt in prompts:
+        starts.append((time.perf_counter(), tree_cpu()))
+        if mode == "sdk":
+            messages = [_convert_message_to_dict(m) for m in prompt]
+            sdk.chat.completions.create(model=ROOT_LOOP_MODEL, messages=messages)
+        else:
+            model.invoke(prompt)
+        spans.append((starts[-1][0], time.perf_counter()))
+    return starts, spans
+
+
 OVERHEAD_ROWS = (
     ("project", "sync"),
     ("project", "async"),
     ("project", "local"),
+    ("floor", "async"),
+    ("floor", "sync"),
+    ("floor", "sdk"),
     ("rlms", "sync"),
 )
+"""``floor``: the chat-model calls alone on the project's conversation (see
+:func:`_floor_overhead`): ``async`` / ``sync`` = ``ChatOpenAI.ainvoke`` / ``invoke``,
+``sdk`` = the openai SDK's sync client (rlms's call)."""
 
 
 def bench_overhead(server: _RemoteServer, rounds: int) -> dict[tuple[int, str, str], Any]:
@@ -338,6 +417,8 @@ def bench_overhead(server: _RemoteServer, rounds: int) -> dict[tuple[int, str, s
         "    interval = root call start -> next root call start; model = inside the chat-model "
         "call; wire = inside httpx send.\n    project: default process sandbox (sync = invoke, "
         "async = ainvoke), 'local' = in-process sandbox (sync); rlms: its default local REPL.\n"
+        "    floor: the chat-model calls alone on the project's own conversation, nothing "
+        "else (async = ChatOpenAI.ainvoke, sync = ChatOpenAI.invoke, sdk = openai SDK sync).\n"
         f"    ratio = project overhead / rlms overhead (same column); target <= {OVERHEAD_TARGET}"
     )
     data = {
@@ -359,6 +440,8 @@ def bench_overhead(server: _RemoteServer, rounds: int) -> dict[tuple[int, str, s
                             "warmup": WARMUP_RUNS,
                         }
                     )
+                elif side == "floor":
+                    measured = _floor_overhead(server, size, mode, OVERHEAD_RUNS)
                 else:
                     measured = _project_overhead(server, size, mode, OVERHEAD_RUNS)
                 data[(size, side, mode)].extend(measured)

@@ -442,10 +442,19 @@ def _unshare(config: dict[str, Any], confinement: dict[str, Any]) -> None:
 
 
 def _load_seccomp(config: dict[str, Any]) -> Any:
+    """Import ``pyseccomp``, its ``find_library`` lookups answered from the host's."""
     if _simulated(config, "seccomp"):
         raise ImportError("pyseccomp unavailable (simulated)")
-    import pyseccomp
+    import ctypes.util
 
+    seeded = config.get("libraries")
+    known = {str(k): str(v) for k, v in seeded.items()} if isinstance(seeded, dict) else {}
+    find_library = ctypes.util.find_library
+    ctypes.util.find_library = lambda name: known.get(name) or find_library(name)
+    try:
+        import pyseccomp
+    finally:
+        ctypes.util.find_library = find_library
     return pyseccomp
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
+import sys
 import threading
 import time
 from typing import Any
@@ -221,6 +223,39 @@ def test_close_leaves_no_process() -> None:
     assert not alive(pid)
     with pytest.raises(RuntimeError, match="closed"):
         ex("1")
+
+
+def _worker_args(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/cmdline", "rb") as handle:
+        return handle.read().decode().split("\0")
+
+
+def test_worker_on_the_hosts_interpreter_skips_site_and_keeps_seccomp() -> None:
+    """No ``site`` in the worker (a fifth of its start): it still finds ``pyseccomp``."""
+    ex = ProcessSandbox().start("x", {}, TEST_LIMITS)
+    try:
+        assert ex.pid is not None
+        assert "-S" in _worker_args(ex.pid)
+        assert ex.confinement["seccomp"] is True, ex.confinement["errors"]
+        assert (
+            ex("import json, hashlib, statistics; print(statistics.mean([1, 2]))").stdout == "1.5\n"
+        )
+    finally:
+        ex.close()
+
+
+def test_worker_on_another_interpreter_keeps_its_site() -> None:
+    """Another interpreter path finds its packages through its own ``site``."""
+    python = os.path.join(os.path.dirname(sys.executable), ".", os.path.basename(sys.executable))
+    ex = ProcessSandbox(python=python).start("x", {}, TEST_LIMITS)
+    try:
+        assert ex.pid is not None
+        args = _worker_args(ex.pid)
+        assert args[0] == python and "-S" not in args
+        assert ex.confinement["seccomp"] is True, ex.confinement["errors"]
+        assert ex("print(len(context))").stdout == "1\n"
+    finally:
+        ex.close()
 
 
 def test_restart_does_not_leave_the_old_worker() -> None:

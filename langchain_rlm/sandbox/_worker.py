@@ -730,6 +730,33 @@ class _Worker:
                 os._exit(EXIT_FATAL)
 
 
+SINGLE_THREAD_WAIT_SECONDS = 1.0
+"""How long the worker waits for the kernel to remove its finished reader thread."""
+
+
+def wait_single_threaded(timeout: float) -> bool:
+    """Wait until the kernel has removed every other thread of this process.
+
+    ``Thread.join`` returns once the thread's Python code is done, a moment before the
+    kernel has removed the thread, and ``unshare(CLONE_NEWUSER)`` fails with ``EINVAL``
+    while a process has two threads: a restart under load came up DEGRADED ("unshare:
+    Invalid argument") when the context reader finished last. False when ``/proc`` is
+    missing or ``timeout`` passed (the lockdown then reports what failed).
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if len(os.listdir("/proc/self/task")) <= 1:
+                return True
+        except OSError:
+            return False
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.0002)
+
+
 def _receive_while_importing(channel: _Channel, config: dict[str, Any]) -> Any:
     """Read the context in a thread while the main thread imports the allowed modules.
 
@@ -754,6 +781,7 @@ def _receive_while_importing(channel: _Channel, config: dict[str, Any]) -> Any:
         prewarm_modules()
     finally:
         reader.join()
+        wait_single_threaded(SINGLE_THREAD_WAIT_SECONDS)
     if "error" in box:
         raise box["error"]
     return box.pop("value")

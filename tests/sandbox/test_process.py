@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
+import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -256,6 +258,30 @@ def test_worker_on_another_interpreter_keeps_its_site() -> None:
         assert ex("print(len(context))").stdout == "1\n"
     finally:
         ex.close()
+
+
+def test_worker_waits_until_the_kernel_removed_its_reader_thread() -> None:
+    """``unshare(CLONE_NEWUSER)`` fails (EINVAL) while a second thread still exists, and
+    ``Thread.join`` returns before the kernel removed it: the worker waits for one thread."""
+    script = (
+        "import os, sys, threading, time, types\n"
+        "for name, sub in (('langchain_rlm', 'langchain_rlm'),"
+        " ('langchain_rlm.sandbox', 'langchain_rlm/sandbox')):\n"
+        "    module = types.ModuleType(name)\n"
+        "    module.__path__ = [sys.argv[1] + '/' + sub]\n"
+        "    sys.modules[name] = module\n"
+        "from langchain_rlm.sandbox._worker import wait_single_threaded\n"
+        "threading.Thread(target=time.sleep, args=(0.3,), daemon=True).start()\n"
+        "before = len(os.listdir('/proc/self/task'))\n"
+        "print(before, wait_single_threaded(10.0), len(os.listdir('/proc/self/task')))\n"
+        "threading.Thread(target=time.sleep, args=(5,), daemon=True).start()\n"
+        "print(wait_single_threaded(0.05))\n"
+    )
+    root = str(Path(__file__).resolve().parents[2])
+    out = subprocess.run(
+        [sys.executable, "-c", script, root], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["2", "True", "1", "False"], out.stdout + out.stderr
 
 
 def test_restart_does_not_leave_the_old_worker() -> None:

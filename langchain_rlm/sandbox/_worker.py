@@ -51,11 +51,14 @@ import sys
 from json import decoder as _json_decoder
 from json import encoder as _json_encoder
 from json import scanner as _json_scanner
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, cast
 
-from .base import SandboxLimits
 from .policy import prewarm_modules
 from .repl import CellTimeout, CellTimer, ReplCore, SubcallError
+
+if TYPE_CHECKING:  # not imported here: the worker stays free of dataclasses (see .names)
+    from .base import SandboxLimits
 
 HEADER_BYTES = 4
 REFIRE_SECONDS = 0.1
@@ -592,7 +595,7 @@ class _Worker:
 
     def __init__(self, channel: _Channel, config: dict[str, Any], context: Any) -> None:
         self.channel = channel
-        self.limits = SandboxLimits(**config["limits"])
+        self.limits = cast("SandboxLimits", SimpleNamespace(**config["limits"]))
         self.max_frame = int(config["max_frame"])
         self.raw_exec = config.get("test_raw_exec") is True
         self.timer = _AlarmTimer()

@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from .names import REPL_FUNCTION_NAMES
+
 __all__ = [
     "DEFAULT_CELL_TIMEOUT",
     "DEFAULT_MAX_CAPTURED_OUTPUT",
@@ -52,9 +54,6 @@ DEFAULT_MAX_SUBCALLS_PER_CELL = 1_000
 
 DEFAULT_MAX_SUBCALL_CHARS = 2_000_000
 """Characters one sub-call prompt may carry across the bridge."""
-
-REPL_FUNCTION_NAMES = ("context", "FINAL", "FINAL_VAR", "SHOW_VARS")
-"""Names every session defines itself, on top of the host functions."""
 
 HostFunction = Callable[..., Any]
 

@@ -42,11 +42,13 @@ import ast
 import re
 import types
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .base import REPL_FUNCTION_NAMES, SandboxLimits
+from .names import REPL_FUNCTION_NAMES
 from .policy import PolicyError, check_code, expose, make_safe_builtins
+
+if TYPE_CHECKING:  # the worker imports this module without dataclasses (see .names)
+    from .base import SandboxLimits
 
 __all__ = [
     "NO_TIME_LEFT_ERROR",
@@ -146,14 +148,28 @@ class CellTimer:
         """Count again after :meth:`pause`."""
 
 
-@dataclass
 class CellResult:
-    """What :meth:`ReplCore.run_cell` produced."""
+    """What :meth:`ReplCore.run_cell` produced (a plain class: see :mod:`.names`)."""
 
-    stdout: str = ""
-    error: str | None = None
-    final_answer: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    __slots__ = ("error", "extra", "final_answer", "stdout")
+
+    def __init__(
+        self,
+        stdout: str = "",
+        error: str | None = None,
+        final_answer: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self.stdout = stdout
+        self.error = error
+        self.final_answer = final_answer
+        self.extra: dict[str, Any] = {} if extra is None else extra
+
+    def __repr__(self) -> str:
+        return (
+            f"CellResult(stdout={self.stdout!r}, error={self.error!r}, "
+            f"final_answer={self.final_answer!r}, extra={self.extra!r})"
+        )
 
 
 class OutputCapture:

@@ -260,26 +260,46 @@ def test_worker_on_another_interpreter_keeps_its_site() -> None:
         ex.close()
 
 
-def test_worker_waits_until_the_kernel_removed_its_reader_thread() -> None:
-    """``unshare(CLONE_NEWUSER)`` fails (EINVAL) while a second thread still exists, and
-    ``Thread.join`` returns before the kernel removed it: the worker waits for one thread."""
+def _run_as_worker(body: str) -> subprocess.CompletedProcess[str]:
+    """Run ``body`` in a fresh ``python -S`` that imports the sandbox modules the way the
+    worker's bootstrap does (no ``langchain_rlm/__init__``)."""
     script = (
-        "import os, sys, threading, time, types\n"
+        "import sys, types\n"
         "for name, sub in (('langchain_rlm', 'langchain_rlm'),"
         " ('langchain_rlm.sandbox', 'langchain_rlm/sandbox')):\n"
         "    module = types.ModuleType(name)\n"
         "    module.__path__ = [sys.argv[1] + '/' + sub]\n"
         "    sys.modules[name] = module\n"
+    ) + body
+    root = str(Path(__file__).resolve().parents[2])
+    return subprocess.run(
+        [sys.executable, "-S", "-c", script, root], capture_output=True, text=True, check=True
+    )
+
+
+def test_worker_imports_stay_light() -> None:
+    """The worker's own imports and the allowed modules load neither ``dataclasses`` nor
+    ``inspect`` (an eighth of the worker's start)."""
+    out = _run_as_worker(
+        "import langchain_rlm.sandbox._worker\n"
+        "from langchain_rlm.sandbox.policy import prewarm_modules\n"
+        "prewarm_modules()\n"
+        "print(sorted({'dataclasses', 'inspect'} & set(sys.modules)))\n"
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_worker_waits_until_the_kernel_removed_its_reader_thread() -> None:
+    """``unshare(CLONE_NEWUSER)`` fails (EINVAL) while a second thread still exists, and
+    ``Thread.join`` returns before the kernel removed it: the worker waits for one thread."""
+    out = _run_as_worker(
+        "import os, threading, time\n"
         "from langchain_rlm.sandbox._worker import wait_single_threaded\n"
         "threading.Thread(target=time.sleep, args=(0.3,), daemon=True).start()\n"
         "before = len(os.listdir('/proc/self/task'))\n"
         "print(before, wait_single_threaded(10.0), len(os.listdir('/proc/self/task')))\n"
         "threading.Thread(target=time.sleep, args=(5,), daemon=True).start()\n"
         "print(wait_single_threaded(0.05))\n"
-    )
-    root = str(Path(__file__).resolve().parents[2])
-    out = subprocess.run(
-        [sys.executable, "-c", script, root], capture_output=True, text=True, check=True
     )
     assert out.stdout.split() == ["2", "True", "1", "False"], out.stdout + out.stderr
 

@@ -418,7 +418,9 @@ def _seccomp_path() -> str:
     spec = importlib.util.find_spec("pyseccomp")
     if spec is None or not spec.origin:
         return ""
-    return str(Path(spec.origin).resolve().parent)
+    origin = Path(spec.origin).resolve()  # a module file, or a package's __init__.py
+    package = spec.submodule_search_locations is not None
+    return str(origin.parent.parent if package else origin.parent)
 
 
 @functools.cache

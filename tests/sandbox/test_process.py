@@ -260,6 +260,27 @@ def test_worker_on_another_interpreter_keeps_its_site() -> None:
         ex.close()
 
 
+@pytest.mark.parametrize("package", [False, True])
+def test_seccomp_path_is_the_directory_to_import_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, package: bool
+) -> None:
+    """``pyseccomp`` as a module file or as a package: the worker gets the directory that
+    holds it (not the package's own directory)."""
+    import importlib.machinery
+    import importlib.util
+
+    from langchain_rlm.sandbox import process
+
+    origin = tmp_path / ("pyseccomp/__init__.py" if package else "pyseccomp.py")
+    spec = importlib.machinery.ModuleSpec("pyseccomp", None, origin=str(origin), is_package=package)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec)
+    process._seccomp_path.cache_clear()
+    try:
+        assert process._seccomp_path() == str(tmp_path.resolve())
+    finally:
+        process._seccomp_path.cache_clear()
+
+
 def _run_as_worker(body: str) -> subprocess.CompletedProcess[str]:
     """Run ``body`` in a fresh ``python -S`` that imports the sandbox modules the way the
     worker's bootstrap does (no ``langchain_rlm/__init__``)."""

@@ -35,6 +35,8 @@ from langchain_core.callbacks import BaseCallbackHandler
 from pydantic import SecretStr
 
 from langchain_rlm import RLM, CodeEvent
+from langchain_rlm.grounding import ground_query
+from langchain_rlm.prompts import describe_context
 from langchain_rlm.sandbox.base import HostFunction, PythonExecutor, SandboxLimits
 from langchain_rlm.sandbox.process import ProcessSandbox
 from langchain_rlm.testing import ScriptedChatModel, ScriptedOpenAIServer
@@ -294,7 +296,11 @@ def bench_prompt(sizes: list[int]) -> None:
         f"\n(c) first root prompt (all messages of the first call), target <= "
         f"{PROMPT_TARGET_CHARS:,} chars, flat"
     )
-    print(f"{'context':>12} {'kind':>6} {'prompt chars':>13}")
+    print(
+        "    describe / ground = CPU per query before the first root call (the context's\n"
+        "    description, the query's grounding), median of 3, ms; no target"
+    )
+    print(f"{'context':>12} {'kind':>6} {'prompt chars':>13} {'describe':>9} {'ground':>7}")
     for size in sizes:
         for kind in ("str", "list"):
             text = _context(size)
@@ -303,9 +309,26 @@ def bench_prompt(sizes: list[int]) -> None:
                 chunk = max(1, size // 1000)
                 context = [text[i : i + chunk] for i in range(0, size, chunk)]
             root = ScriptedChatModel(replies=["FINAL(x)"], model="root")
-            RLM(root, sandbox=_sandbox()).invoke({"query": "What happened?", "context": context})
+            RLM(root, sandbox=_sandbox()).invoke({"query": PROMPT_QUERY, "context": context})
             chars = sum(len(str(m.content)) for m in root.calls[0].messages)
-            print(f"{size:>12,} {kind:>6} {chars:>13,}")
+            describe, ground = _prepare_ms(context)
+            print(f"{size:>12,} {kind:>6} {chars:>13,} {describe:>9.1f} {ground:>7.1f}")
+
+
+PROMPT_QUERY = "What happened?"
+
+
+def _prepare_ms(context: Any) -> tuple[float, float]:
+    """Milliseconds of describing ``context`` and grounding :data:`PROMPT_QUERY` in it."""
+    describes, grounds = [], []
+    for _ in range(3):
+        started = time.perf_counter()
+        description = describe_context(context)
+        described = time.perf_counter()
+        ground_query(PROMPT_QUERY, context, description)
+        describes.append(described - started)
+        grounds.append(time.perf_counter() - described)
+    return statistics.median(describes) * 1000, statistics.median(grounds) * 1000
 
 
 # -- (d) peak memory ----------------------------------------------------------------------------

@@ -1,12 +1,13 @@
 """The process sandbox's worker: runs inside the confined child process.
 
-Started by :mod:`.process` as ``python -s -P -c <bootstrap> <root> <cmd_fd> <reply_fd>``
-with an environment that holds only ``PYTHONHASHSEED=0`` (``-s -P`` plus the empty
-environment keep what ``-I`` gave, while the fixed hash seed makes ``set`` iteration
-order, and so replays, deterministic). The bootstrap registers bare package stubs for
-``langchain_rlm`` and ``langchain_rlm.sandbox`` so that only this module, ``base``,
-``policy`` and ``repl`` load (never the project's heavy ``__init__`` modules); the
-worker needs the standard library and, for seccomp, ``pyseccomp``.
+Started by :mod:`.process` as ``python -s -P [-S] -c <bootstrap> <root> <seccomp_dir>
+<cmd_fd> <reply_fd>`` with an environment that holds only ``PYTHONHASHSEED=0`` (``-s -P``
+plus the empty environment keep what ``-I`` gave, while the fixed hash seed makes ``set``
+iteration order, and so replays, deterministic; ``-S`` on the host's own interpreter, whose
+``pyseccomp`` directory the bootstrap appends to ``sys.path``). The bootstrap registers bare
+package stubs for ``langchain_rlm`` and ``langchain_rlm.sandbox`` so that only this module,
+``names``, ``policy`` and ``repl`` load (never the project's heavy ``__init__`` modules, nor
+``dataclasses``); the worker needs the standard library and, for seccomp, ``pyseccomp``.
 
 Order of events:
 

@@ -2,7 +2,8 @@
 
 Design (measurements in ``benchmarks/RESULTS.md``):
 
-* **Spawn**: ``python -s -P -c <bootstrap>`` (what ``-I`` gives minus ``-E``) with an
+* **Spawn**: ``python -s -P [-S] -c <bootstrap>`` (what ``-I`` gives minus ``-E``; ``-S``
+  on the host's own interpreter, see :data:`NO_SITE_FLAG`) with an
   environment that holds only ``PYTHONHASHSEED=0`` (no API keys; a fixed hash seed so
   replays are deterministic), ``stdin``/``stdout``/``stderr`` on ``/dev/null``, its own
   session and process group (``setsid``), and only two inherited descriptors: the
@@ -59,7 +60,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes.util
 import functools
 import importlib.util
 import json
@@ -386,23 +386,25 @@ def kill_process_tree(pid: int, use_proc: bool = True) -> list[int]:
     return frozen
 
 
-def _wait_exit(pid: int, timeout: float) -> None:
-    """Block until the (unreaped) child ``pid`` has exited, or ``timeout`` passed.
+def _open_pidfd(pid: int) -> int:
+    """A pidfd for the child ``pid`` just spawned (-1 where pidfds are missing: Linux < 5.3,
+    other systems). Opened at once, it names this very process even after its pid is reaped
+    and reused."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return -1
+
+
+def _wait_pidfd(fd: int, timeout: float) -> None:
+    """Block until the process behind ``fd`` has exited, or ``timeout`` passed.
 
     A pidfd wakes the moment the kernel is done with the process; ``Popen.wait`` with a
-    timeout polls with growing sleeps and returned 2-3 ms late on every close. Where
-    pidfds are missing (Linux < 5.3, other systems) ``Popen.wait`` alone does the work.
+    timeout polls with growing sleeps and returned 2-3 ms late on every close.
     """
-    try:
-        fd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        return
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        poller.poll(math.ceil(timeout * 1000))
-    finally:
-        os.close(fd)
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    poller.poll(math.ceil(timeout * 1000))
 
 
 def _worker_command(python: str) -> list[str]:
@@ -426,6 +428,10 @@ def _seccomp_path() -> str:
 @functools.cache
 def _seeded_libraries() -> dict[str, str]:
     """``find_library`` answers for :data:`SEEDED_LIBRARIES`, looked up once per host."""
+    try:
+        import ctypes.util
+    except ImportError:  # pragma: no cover - a Python built without ctypes
+        return {}
     found = {name: ctypes.util.find_library(name) for name in SEEDED_LIBRARIES}
     return {name: path for name, path in found.items() if path}
 
@@ -464,6 +470,7 @@ class _WorkerProcess:
         os.close(reply_write)
         os.set_blocking(self.cmd_write, False)
         self.pid = self.proc.pid
+        self._pidfd = _open_pidfd(self.pid)
         self._use_proc = use_proc
         self._buffer = bytearray()
         self._kill_lock = threading.Lock()
@@ -566,9 +573,16 @@ class _WorkerProcess:
                 return
             self.killed = True
             self.signalled = kill_process_tree(self.pid, self._use_proc)
-        _wait_exit(self.pid, KILL_WAIT_SECONDS)
+        deadline = time.monotonic() + KILL_WAIT_SECONDS
+        pidfd, self._pidfd = self._pidfd, -1  # only the thread that killed gets here
+        if pidfd >= 0:
+            try:
+                if self.proc.returncode is None:
+                    _wait_pidfd(pidfd, KILL_WAIT_SECONDS)
+            finally:
+                os.close(pidfd)
         try:
-            self.proc.wait(timeout=KILL_WAIT_SECONDS)
+            self.proc.wait(timeout=max(deadline - time.monotonic(), 0.0))
         except subprocess.TimeoutExpired:  # pragma: no cover - unkillable
             logger.error("sandbox worker %s did not die after SIGKILL", self.pid)
 
@@ -733,7 +747,9 @@ class ProcessExecutor:
             "context_chars": _context_chars(self._context, kind),
             "max_frame": self.max_frame,
             "seccomp": self._seccomp,
-            "libraries": _seeded_libraries() if self._seccomp else {},
+            "libraries": (
+                _seeded_libraries() if self._seccomp and self._python == sys.executable else {}
+            ),
             "unshare": self._namespaces,
             "simulate_missing": sorted(self._simulate),
             "test_raw_exec": self._test_raw_exec,

@@ -165,6 +165,16 @@ class CellResult:
         self.final_answer = final_answer
         self.extra: dict[str, Any] = {} if extra is None else extra
 
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.stdout, self.error, self.final_answer, self.extra)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CellResult):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it replaced
+
     def __repr__(self) -> str:
         return (
             f"CellResult(stdout={self.stdout!r}, error={self.error!r}, "

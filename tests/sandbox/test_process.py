@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -281,6 +282,10 @@ def test_seccomp_path_is_the_directory_to_import_from(
         process._seccomp_path.cache_clear()
 
 
+WORKER_SCRIPT_TIMEOUT = 120.0
+"""A hang guard for :func:`_run_as_worker` (a failure, not a timing assertion)."""
+
+
 def _run_as_worker(body: str) -> subprocess.CompletedProcess[str]:
     """Run ``body`` in a fresh ``python -S`` that imports the sandbox modules the way the
     worker's bootstrap does (no ``langchain_rlm/__init__``)."""
@@ -294,7 +299,11 @@ def _run_as_worker(body: str) -> subprocess.CompletedProcess[str]:
     ) + body
     root = str(Path(__file__).resolve().parents[2])
     return subprocess.run(
-        [sys.executable, "-S", "-c", script, root], capture_output=True, text=True, check=True
+        [sys.executable, "-S", "-c", script, root],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=WORKER_SCRIPT_TIMEOUT,
     )
 
 
@@ -314,15 +323,38 @@ def test_worker_waits_until_the_kernel_removed_its_reader_thread() -> None:
     """``unshare(CLONE_NEWUSER)`` fails (EINVAL) while a second thread still exists, and
     ``Thread.join`` returns before the kernel removed it: the worker waits for one thread."""
     out = _run_as_worker(
-        "import os, threading, time\n"
-        "from langchain_rlm.sandbox._worker import wait_single_threaded\n"
-        "threading.Thread(target=time.sleep, args=(0.3,), daemon=True).start()\n"
-        "before = len(os.listdir('/proc/self/task'))\n"
-        "print(before, wait_single_threaded(10.0), len(os.listdir('/proc/self/task')))\n"
-        "threading.Thread(target=time.sleep, args=(5,), daemon=True).start()\n"
-        "print(wait_single_threaded(0.05))\n"
+        "import os, threading\n"
+        "from langchain_rlm.sandbox import _worker\n"
+        "release = threading.Event()\n"
+        "threading.Thread(target=release.wait, daemon=True).start()\n"
+        "print(len(os.listdir('/proc/self/task')), _worker.wait_single_threaded(0.05))\n"
+        "release.set()\n"
+        "print(_worker.wait_single_threaded(60.0), len(os.listdir('/proc/self/task')))\n"
+        # and the context reader is waited for that way before the lockdown
+        "calls = []\n"
+        "_worker.wait_single_threaded = lambda timeout: calls.append(timeout) or True\n"
+        "_worker.prewarm_modules = lambda: None\n"
+        "_worker._read_context = lambda channel, kind, chars: 'ctx'\n"
+        "config = {'context_kind': 'str', 'context_chars': 0}\n"
+        "print(_worker._receive_while_importing(None, config), len(calls))\n"
     )
-    assert out.stdout.split() == ["2", "True", "1", "False"], out.stdout + out.stderr
+    assert out.stdout.split() == ["2", "False", "True", "1", "ctx", "1"], out.stdout + out.stderr
+
+
+def test_closing_and_restarting_leave_no_descriptor_behind() -> None:
+    """Each worker's pipes and pidfd are closed with it (a worker that died on its own,
+    reaped before the close, included)."""
+    ex = ProcessSandbox().start("x", {}, TEST_LIMITS)
+    ex.close()  # the first start loads what stays loaded
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        ex = ProcessSandbox().start("x", {}, TEST_LIMITS)
+        pid = ex.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)  # dies on its own: the next cell restarts it
+        assert ex("print(1)").restarted
+        ex.close()
+    assert len(os.listdir("/proc/self/fd")) == before
 
 
 def test_restart_does_not_leave_the_old_worker() -> None:

@@ -316,13 +316,22 @@ def _project_overhead(
         assert len(SPANS.starts) == ITERATIONS, len(SPANS.starts)
         if run < WARMUP_RUNS:
             continue
-        spans = [(start, end) for _, start, end in SPANS.model]
-        for (a, cpu_a), (b, cpu_b) in zip(SPANS.starts, SPANS.starts[1:], strict=False):
-            out["intervals"].append(b - a)
-            out["model"].append(inside(spans, a, b))
-            out["wire"].append(inside(SPANS.wire, a, b))
-            out["cpu"].append(cpu_b - cpu_a)
+        _add_intervals(out, SPANS.starts, [(start, end) for _, start, end in SPANS.model])
     return out
+
+
+def _add_intervals(
+    out: dict[str, list[float]],
+    starts: list[tuple[float, float]],
+    spans: list[tuple[float, float]],
+) -> None:
+    """Append each interval between consecutive root-call ``starts`` (wall, tree CPU), with
+    the model time (``spans``), wire time and tree CPU inside it."""
+    for (a, cpu_a), (b, cpu_b) in itertools.pairwise(starts):
+        out["intervals"].append(b - a)
+        out["model"].append(inside(spans, a, b))
+        out["wire"].append(inside(SPANS.wire, a, b))
+        out["cpu"].append(cpu_b - cpu_a)
 
 
 def _floor_overhead(
@@ -351,13 +360,8 @@ def _floor_overhead(
     for run in range(WARMUP_RUNS + runs):
         SPANS.clear()
         starts, spans = _replay(server, prompts, mode)
-        if run < WARMUP_RUNS:
-            continue
-        for (a, cpu_a), (b, cpu_b) in itertools.pairwise(starts):
-            out["intervals"].append(b - a)
-            out["model"].append(inside(spans, a, b))
-            out["wire"].append(inside(SPANS.wire, a, b))
-            out["cpu"].append(cpu_b - cpu_a)
+        if run >= WARMUP_RUNS:
+            _add_intervals(out, starts, spans)
     return out
 
 
@@ -370,7 +374,7 @@ def _replay(
     from openai import OpenAI
 
     model = _chat(_base_url(server), ROOT_LOOP_MODEL, own_clients=True)
-    sdk = OpenAI(base_url=_base_url(server), api_key="x", max_retries=0)
+    sdk = OpenAI(base_url=_base_url(server), api_key="x", max_retries=0) if mode == "sdk" else None
     starts: list[tuple[float, float]] = []
     spans: list[tuple[float, float]] = []
 
@@ -385,7 +389,7 @@ def _replay(
         return starts, spans
     for prompt in prompts:
         starts.append((time.perf_counter(), tree_cpu()))
-        if mode == "sdk":
+        if sdk is not None:
             messages = [_convert_message_to_dict(m) for m in prompt]
             sdk.chat.completions.create(model=ROOT_LOOP_MODEL, messages=messages)
         else:

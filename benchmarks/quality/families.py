@@ -167,6 +167,21 @@ def _task(
     )
 
 
+def _delimited_table(
+    header: str, delimiter: str, size: int, make_row: Callable[[int], dict[str, Any]]
+) -> tuple[list[dict[str, Any]], str]:
+    """Rows from ``make_row(number)`` until the table text reaches ``size`` characters:
+    (the rows, the header and one line per row joined by ``delimiter``)."""
+    rows: list[dict[str, Any]] = []
+    lines = [header]
+    total = len(header)
+    while total < size:
+        rows.append(make_row(len(rows)))
+        lines.append(delimiter.join(str(value) for value in rows[-1].values()))
+        total += len(lines[-1]) + 1
+    return rows, "\n".join(lines)
+
+
 def _pick_unique(
     candidates: list[tuple[str, Counter[str], bool]], count: int, rng: random.Random
 ) -> list[tuple[str, str]]:
@@ -193,24 +208,20 @@ def sum_tasks(seed: int, size: int, count: int) -> Iterator[Task]:
     rng = _group_rng(seed, "sum", size, "rows")
     customers = _people(rng, 40)
     cities = rng.sample(CITIES, 8)
-    header = "order_id,date,customer,city,product,quantity,amount"
-    rows: list[dict[str, Any]] = []
-    lines = [header]
-    total = len(header)
-    while total < size:
-        row = {
-            "order_id": f"A{10_000 + len(rows)}",
+    rows, context = _delimited_table(
+        "order_id,date,customer,city,product,quantity,amount",
+        ",",
+        size,
+        lambda number: {
+            "order_id": f"A{10_000 + number}",
             "date": f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
             "customer": rng.choice(customers),
             "city": rng.choice(cities),
             "product": rng.choice(PRODUCTS),
             "quantity": rng.randint(1, 9),
             "amount": rng.randint(5, 480),
-        }
-        rows.append(row)
-        lines.append(",".join(str(value) for value in row.values()))
-        total += len(lines[-1]) + 1
-    context = "\n".join(lines)
+        },
+    )
     qrng = _group_rng(seed, "sum", size, "questions")
     for index in range(count):
         kind = index % 4
@@ -558,23 +569,19 @@ def paraphrase_tasks(seed: int, size: int, count: int) -> Iterator[Task]:
     was tuned, and never used to tune it."""
     rng = _group_rng(seed, "paraphrase", size, "staff")
     offices = rng.sample(CITIES, 6)
-    header = "name;department;office;level;hired;salary"
-    rows: list[dict[str, Any]] = []
-    lines = [header]
-    total = len(header)
-    while total < size:
-        row = {
-            "name": f"{_name(rng)} {len(rows)}",
+    rows, context = _delimited_table(
+        "name;department;office;level;hired;salary",
+        ";",
+        size,
+        lambda number: {
+            "name": f"{_name(rng)} {number}",
             "department": rng.choice(DEPARTMENTS),
             "office": rng.choice(offices),
             "level": rng.choice(LEVELS),
             "hired": rng.randint(2012, 2024),
             "salary": rng.randint(30, 160) * 500,
-        }
-        rows.append(row)
-        lines.append(";".join(str(value) for value in row.values()))
-        total += len(lines[-1]) + 1
-    context = "\n".join(lines)
+        },
+    )
     qrng = _group_rng(seed, "paraphrase", size, "questions")
     depts, places, levels = (_shuffled(qrng, items) for items in (DEPARTMENTS, offices, LEVELS))
     for index in range(count):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import gc
 import logging
 import os
 import signal
@@ -234,7 +235,7 @@ def _worker_args(pid: int) -> list[str]:
 
 
 def test_worker_on_the_hosts_interpreter_skips_site_and_keeps_seccomp() -> None:
-    """No ``site`` in the worker (a fifth of its start): it still finds ``pyseccomp``."""
+    """No ``site`` in the worker (about 4 ms of its start): it still finds ``pyseccomp``."""
     ex = ProcessSandbox().start("x", {}, TEST_LIMITS)
     try:
         assert ex.pid is not None
@@ -309,7 +310,7 @@ def _run_as_worker(body: str) -> subprocess.CompletedProcess[str]:
 
 def test_worker_imports_stay_light() -> None:
     """The worker's own imports and the allowed modules load neither ``dataclasses`` nor
-    ``inspect`` (an eighth of the worker's start)."""
+    ``inspect`` (about 3 ms of the worker's start)."""
     out = _run_as_worker(
         "import langchain_rlm.sandbox._worker\n"
         "from langchain_rlm.sandbox.policy import prewarm_modules\n"
@@ -346,6 +347,7 @@ def test_closing_and_restarting_leave_no_descriptor_behind() -> None:
     reaped before the close, included)."""
     ex = ProcessSandbox().start("x", {}, TEST_LIMITS)
     ex.close()  # the first start loads what stays loaded
+    gc.collect()  # sessions other tests dropped close now, not during the count
     before = len(os.listdir("/proc/self/fd"))
     for _ in range(5):
         ex = ProcessSandbox().start("x", {}, TEST_LIMITS)
